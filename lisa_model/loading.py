@@ -1,0 +1,175 @@
+"""Building a LisaForSegmentation from a folder or hub id: the released LISA layout or our own.
+
+Released layout: config.json of LISAForCausalLM + sharded .bin; CLIP comes from `config.vision_tower` or the
+caller's `vision_tower`; SAM's geometry is read from tensor shapes. Our layout: config.json of `LisaConfig`
+(model_type "lisa") + safetensors holding everything, CLIP included.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from accelerate import init_empty_weights
+from transformers import CLIPVisionConfig, LlamaConfig
+
+from .checkpoint import (CheckpointError, clip_to_ours, released_to_ours, stream_into, tensor_shapes,
+                         weight_files)
+from .configuration_lisa import PROJECTOR_LINEAR, PROJECTOR_MLP2X_GELU, LisaConfig
+from .modeling.lisa import LisaForSegmentation
+from .modeling.sam import infer_sam_geometry
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# SAM's prompt encoder and mask decoder stay float32 in every mode (cheap, and bf16 breaks the positional grid).
+_FP32_PREFIXES = ("sam.prompt_encoder.", "sam.mask_decoder.")
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def dtype_for(dtype: torch.dtype):
+    """Per-parameter dtype rule: SAM's prompt encoder / mask decoder float32, everything else `dtype`."""
+    return lambda name: torch.float32 if name.startswith(_FP32_PREFIXES) else dtype
+
+
+def cast_parameters(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast parameters only (not buffers: rotary inv_freq must stay exact float32), keeping SAM's decoder fp32."""
+    rule = dtype_for(dtype)
+    for name, p in model.named_parameters():
+        if p.is_floating_point():
+            p.data = p.data.to(rule(name))
+    return model
+
+
+def resolve_folder(path_or_id: str | Path, what: str) -> Path:
+    """A local folder, or a hub id downloaded to the local cache. Fails with one clear line."""
+    path = Path(path_or_id).expanduser()
+    if path.is_dir():
+        return path
+    name = str(path_or_id)
+    if path.exists() or not _HUB_ID.match(name):
+        raise CheckpointError(f"{what} {name!r} is not a folder{'' if path.exists() else ' (it does not exist)'}")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, allow_patterns=["*.json", "*.model", "*.bin", "*.safetensors", "*.txt"]))
+    except Exception as e:  # noqa: BLE001 - offline, unknown repo, auth...: all end the same way for a user
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot download {what} {name!r} from the Hugging Face Hub: {reason[:200]}") from None
+
+
+def read_config(folder: Path) -> dict:
+    path = folder / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist") from None
+    except ValueError as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+
+
+def guess_conv_template(name: str) -> str:
+    """LISA-13B-llama2 checkpoints were trained with the LLaMA-2 chat template, the others with llava_v1."""
+    return "llava_llama_2" if re.search(r"llama[-_]?2", name, re.IGNORECASE) else "llava_v1"
+
+
+def _clip_vision_config(folder: Path) -> CLIPVisionConfig:
+    raw = read_config(folder)
+    if raw.get("model_type") == "clip":  # a full CLIPModel folder: take its vision part
+        raw = raw.get("vision_config", {})
+    raw = {k: v for k, v in raw.items() if k not in ("architectures", "transformers_version", "torch_dtype",
+                                                      "model_type")}
+    return CLIPVisionConfig(**raw)
+
+
+def released_config(raw: dict, shapes: dict[str, torch.Size], clip: CLIPVisionConfig, seg_token_id: int,
+                    conv_template: str, vision_tower_name: str) -> LisaConfig:
+    """LisaConfig for a released LISAForCausalLM checkpoint (its config.json + its tensor shapes)."""
+    text_keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "hidden_act", "bos_token_id",
+                 "eos_token_id", "pad_token_id", "rope_theta")
+    text = LlamaConfig(**{k: raw[k] for k in text_keys if raw.get(k) is not None}, tie_word_embeddings=False)
+    if raw.get("rope_scaling"):
+        raise CheckpointError(f"rope_scaling {raw['rope_scaling']} is not supported")
+    if "model.mm_projector.weight" in shapes:
+        projector = PROJECTOR_LINEAR
+    elif "model.mm_projector.0.weight" in shapes:
+        projector = PROJECTOR_MLP2X_GELU
+    else:
+        raise CheckpointError("no multimodal projector (model.mm_projector.*) in the checkpoint")
+    sam = infer_sam_geometry(shapes, prefix="model.visual_model.")
+    return LisaConfig(
+        text_config=text.to_dict(), vision_config=clip.to_dict(), projector_type=projector,
+        projector_hidden_act="gelu", out_dim=int(raw.get("out_dim", 256)), sam=sam.to_dict(),
+        seg_token_id=seg_token_id, mm_use_im_start_end=bool(raw.get("mm_use_im_start_end", True)),
+        vision_feature_layer=int(raw.get("mm_vision_select_layer", -2)),
+        vision_feature_select_strategy="default" if raw.get("mm_vision_select_feature", "patch") == "patch"
+        else "full",
+        conv_template=conv_template, image_token_index=text.vocab_size, vision_tower_name=vision_tower_name,
+        tie_word_embeddings=False,
+    )
+
+
+def empty_model(config: LisaConfig) -> LisaForSegmentation:
+    """Parameters on the meta device, buffers real (rotary inv_freq etc. computed exactly at construction)."""
+    with init_empty_weights(include_buffers=False):
+        model = LisaForSegmentation(config)
+    return model
+
+
+def load_released(folder: Path, vision_tower: str | Path | None, seg_token_id: int, conv_template: str,
+                  dtype: torch.dtype, device: str) -> LisaForSegmentation:
+    raw = read_config(folder)
+    files = weight_files(folder)
+    shapes = tensor_shapes(files)
+    tower_name = str(vision_tower or raw.get("vision_tower") or raw.get("mm_vision_tower") or "")
+    if not tower_name:
+        raise CheckpointError(f"{folder / 'config.json'} names no vision tower; pass vision_tower=")
+    has_clip = any(k.startswith("model.vision_tower.") for k in shapes)
+    clip_folder = None if has_clip and vision_tower is None else resolve_folder(tower_name, "vision tower")
+    if clip_folder is None:
+        raise CheckpointError("checkpoints that embed CLIP need its config: pass vision_tower=")
+    config = released_config(raw, shapes, _clip_vision_config(clip_folder), seg_token_id, conv_template,
+                             tower_name)
+    model = empty_model(config)
+    sources = [(weight_files(clip_folder), clip_to_ours), (files, released_to_ours)]
+    stream_into(model, sources, dtype_for(dtype), device)
+    return model
+
+
+def load_ours(folder: Path, dtype: torch.dtype, device: str) -> LisaForSegmentation:
+    try:
+        config = LisaConfig.from_pretrained(str(folder))
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{folder / 'config.json'}: not a valid LisaConfig ({e})") from None
+    model = empty_model(config)
+    stream_into(model, [(weight_files(folder), lambda k: k)], dtype_for(dtype), device)
+    return model
+
+
+def load_model(folder: Path, vision_tower: str | Path | None, seg_token_id: int, conv_template: str | None,
+               dtype: torch.dtype, device: str, name: str = "") -> LisaForSegmentation:
+    """Dispatch on config.json: our layout (model_type "lisa") or the released one (LISAForCausalLM).
+
+    name: the folder or hub id the user gave, from which the released template is guessed.
+    """
+    raw = read_config(folder)
+    if raw.get("model_type") == LisaConfig.model_type:
+        model = load_ours(folder, dtype, device)
+        if conv_template:
+            model.config.conv_template = conv_template
+    elif "LISAForCausalLM" in (raw.get("architectures") or []):
+        model = load_released(folder, vision_tower, seg_token_id, conv_template or guess_conv_template(
+            name or str(folder)), dtype, device)
+    else:
+        raise CheckpointError(f"{folder / 'config.json'}: unknown architecture {raw.get('architectures')} / "
+                              f"model_type {raw.get('model_type')!r}; expected LISAForCausalLM or lisa")
+    return model.eval()

@@ -1,0 +1,142 @@
+"""Checkpoint loading: geometry from shapes, our layout round trip, precisions, and clear errors."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import FIXTURE, read_rgb
+from lisa_model import CheckpointError, LisaSegmenter
+from lisa_model.checkpoint import tensor_shapes, weight_files
+from lisa_model.configuration_lisa import SAM_PRESETS
+from lisa_model.modeling.sam import build_sam, infer_sam_geometry
+
+IMAGE = FIXTURE / "cases" / "case2_333x500" / "image.png"
+INSTRUCTION = "Can you segment the dog in this image?"
+
+
+@pytest.fixture(scope="module")
+def released():
+    return LisaSegmenter.from_pretrained(FIXTURE / "tiny-lisa", vision_tower=FIXTURE / "tiny-clip-vit")
+
+
+@pytest.fixture()
+def tiny_copy(tmp_path):
+    """A writable copy of the released-layout fixture checkpoint."""
+    dst = tmp_path / "tiny-lisa"
+    shutil.copytree(FIXTURE / "tiny-lisa", dst)
+    return dst
+
+
+@pytest.mark.parametrize("name", sorted(SAM_PRESETS))
+def test_sam_geometry_read_from_shapes(name):
+    with torch.device("meta"):
+        sam = build_sam(SAM_PRESETS[name])
+    shapes = {f"model.visual_model.{k}": v.shape for k, v in sam.state_dict().items()}
+    assert infer_sam_geometry(shapes, "model.visual_model.") == SAM_PRESETS[name]
+
+
+def test_fixture_sam_geometry_is_tiny():
+    shapes = tensor_shapes(weight_files(FIXTURE / "tiny-lisa"))
+    g = infer_sam_geometry(shapes, "model.visual_model.")
+    assert (g.embed_dim, g.depth, g.num_heads, g.global_attn_indexes, g.image_size) == (32, 2, 2, (1,), 1024)
+
+
+def test_our_layout_round_trip_is_exact(released, tmp_path):
+    released.save_pretrained(tmp_path / "ours")
+    again = LisaSegmenter.from_pretrained(tmp_path / "ours")
+    a, b = released.model.state_dict(), again.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    image = read_rgb(IMAGE)
+    ra, rb = released.segment(image, INSTRUCTION, 24), again.segment(image, INSTRUCTION, 24)
+    assert ra.output_ids == rb.output_ids and ra.text == rb.text
+    np.testing.assert_array_equal(ra.mask_logits, rb.mask_logits)
+
+
+def test_second_question_reuses_image_features(released):
+    image = read_rgb(IMAGE)
+    first = released.segment(image, INSTRUCTION, 4)
+    second = released.segment(image, "What is in this image?", 4)
+    assert "sam_encoder" in first.timings or released._features is not None
+    assert "sam_encoder" not in second.timings and "clip" not in second.timings
+    other = released.segment(image[:, ::-1].copy(), INSTRUCTION, 4)
+    assert "sam_encoder" in other.timings
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_low_precision_keeps_sam_decoder_float32(dtype):
+    seg = LisaSegmenter.from_pretrained(FIXTURE / "tiny-lisa", vision_tower=FIXTURE / "tiny-clip-vit", dtype=dtype)
+    m = seg.model
+    assert m.lm_head.weight.dtype == getattr(torch, dtype)
+    assert m.sam.image_encoder.patch_embed.proj.weight.dtype == getattr(torch, dtype)
+    assert all(p.dtype == torch.float32 for p in m.sam.mask_decoder.parameters())
+    assert all(p.dtype == torch.float32 for p in m.sam.prompt_encoder.parameters())
+    rotary = m.model.language_model.rotary_emb.inv_freq
+    assert rotary.dtype == torch.float32
+    result = seg.segment(read_rgb(IMAGE), INSTRUCTION, 24)
+    assert result.mask_logits.dtype == np.float32 and np.isfinite(result.mask_logits).all()
+    assert result.masks.shape[1:] == (500, 333)
+
+
+def test_quantisation_without_cuda_fails_clearly():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(RuntimeError, match="CUDA"):
+        LisaSegmenter.from_pretrained(FIXTURE / "tiny-lisa", vision_tower=FIXTURE / "tiny-clip-vit",
+                                      load_in_8bit=True)
+
+
+def test_corrupt_shard_names_the_file(tiny_copy):
+    shard = tiny_copy / "pytorch_model-00002-of-00002.bin"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="pytorch_model-00002-of-00002.bin"):
+        LisaSegmenter.from_pretrained(tiny_copy, vision_tower=FIXTURE / "tiny-clip-vit")
+
+
+def test_missing_and_unexpected_keys_are_named(tiny_copy):
+    shard = tiny_copy / "pytorch_model-00001-of-00002.bin"
+    state = torch.load(shard, weights_only=True)
+    dropped = next(k for k in state if k.endswith("mlp.down_proj.weight"))
+    del state[dropped]
+    torch.save(state, shard)
+    with pytest.raises(CheckpointError, match="missing.*down_proj"):
+        LisaSegmenter.from_pretrained(tiny_copy, vision_tower=FIXTURE / "tiny-clip-vit")
+    state["model.surprise.weight"] = torch.zeros(2)
+    torch.save(state, shard)
+    with pytest.raises(CheckpointError, match="00001-of-00002.bin: unexpected keys.*model.surprise.weight"):
+        LisaSegmenter.from_pretrained(tiny_copy, vision_tower=FIXTURE / "tiny-clip-vit")
+
+
+def test_unknown_architecture(tiny_copy):
+    cfg = json.loads((tiny_copy / "config.json").read_text())
+    cfg["architectures"] = ["MysteryForCausalLM"]
+    cfg["model_type"] = "mystery"
+    (tiny_copy / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="unknown architecture.*MysteryForCausalLM"):
+        LisaSegmenter.from_pretrained(tiny_copy, vision_tower=FIXTURE / "tiny-clip-vit")
+
+
+def test_missing_vision_tower_is_a_clear_error(tiny_copy, tmp_path):
+    with pytest.raises(CheckpointError, match="vision tower"):
+        LisaSegmenter.from_pretrained(tiny_copy, vision_tower=tmp_path / "no-such-clip")
+    # config.json names openai/clip-vit-large-patch14, which cannot be downloaded here: one clear line.
+    with pytest.raises(CheckpointError, match="openai/clip-vit-large-patch14"):
+        LisaSegmenter.from_pretrained(tiny_copy)
+
+
+def test_unknown_hub_id_fails_with_one_line():
+    with pytest.raises(CheckpointError, match="cannot download model 'nobody/no-such-lisa'") as info:
+        LisaSegmenter.from_pretrained("nobody/no-such-lisa")
+    assert "\n" not in str(info.value)
+
+
+def test_template_follows_checkpoint_name(tiny_copy, tmp_path):
+    llama2 = tmp_path / "LISA-13B-llama2-v1"
+    tiny_copy.rename(llama2)
+    seg = LisaSegmenter.from_pretrained(llama2, vision_tower=FIXTURE / "tiny-clip-vit")
+    assert seg.model.config.conv_template == "llava_llama_2"
+    seg = LisaSegmenter.from_pretrained(llama2, vision_tower=FIXTURE / "tiny-clip-vit", conv_template="llava_v1")
+    assert seg.model.config.conv_template == "llava_v1"
