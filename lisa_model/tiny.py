@@ -44,14 +44,21 @@ def mid_config(vocab_size: int, seg_token_id: int) -> LisaConfig:
 def tiny_tokenizer(cache_dir: str | Path | None = None) -> LisaTokenizer:
     """The offline tiny tokenizer (a small sentencepiece model trained in-process, then cached on disk)."""
     folder = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "lisa_tiny_tokenizer"
-    try:
+    if folder.is_dir():
         return LisaTokenizer.from_pretrained(folder)
-    except Exception:  # noqa: BLE001 - not built yet (or a stale/broken cache): build it again
-        return build_tiny_tokenizer(folder)
+    # Build beside the cache and rename into place, so concurrent processes never read a half-written folder.
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+    tokenizer = build_tiny_tokenizer(staging)
+    try:
+        staging.rename(folder)
+    except OSError:  # another process won the race: its copy is identical (the build is deterministic)
+        pass
+    return tokenizer
 
 
 def build_tiny_model(tokenizer: LisaTokenizer, seed: int = 0, config: LisaConfig | None = None,
-                     seg_bias: float = 1.5) -> LisaForSegmentation:
+                     seg_bias: float = 3.0) -> LisaForSegmentation:
     """Random weights from `seed`. `seg_bias` scales the lm_head row of [SEG] so that the random model emits
     [SEG] now and then (as the reference fixture does), which makes demos show masks."""
     torch.manual_seed(seed)
