@@ -1,0 +1,62 @@
+"""Samples -> one training batch, as the reference's collate does it.
+
+Each sample is one image with one or more conversations; every [SEG] in a conversation's answers has one
+ground-truth mask, in order. Conversations of image i occupy rows offset[i]:offset[i+1] of the text tensors.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lisa_model.conversation import build_conversation
+from lisa_model.preprocessing import ClipPreprocessor, SamPreprocessor
+from lisa_model.tokenization import LisaTokenizer, collate_conversations
+
+
+@dataclass
+class Batch:
+    clip_pixels: torch.Tensor  # [B, 3, 224, 224]
+    sam_pixels: torch.Tensor  # [B, 3, 1024, 1024]
+    input_ids: torch.Tensor  # [R, L] with one IMAGE_TOKEN_INDEX per row
+    labels: torch.Tensor  # [R, L], IGNORE_INDEX outside the answers
+    attention_mask: torch.Tensor  # [R, L]
+    offset: list[int]  # B + 1 row offsets
+    gt_masks: list[torch.Tensor]  # B x [n_i, H_i, W_i] float 0/1
+    resize_list: list[tuple[int, int]]  # SAM-resized (h, w) per image
+    probe_targets: torch.Tensor | None = None  # [total [SEG]] class index per mask (training-only probe)
+
+    def to(self, device) -> "Batch":
+        move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
+        return Batch(move(self.clip_pixels), move(self.sam_pixels), move(self.input_ids), move(self.labels),
+                     move(self.attention_mask), self.offset, [move(m) for m in self.gt_masks], self.resize_list,
+                     move(self.probe_targets))
+
+
+class Collator:
+    def __init__(self, tokenizer: LisaTokenizer, template: str, clip: ClipPreprocessor, sam: SamPreprocessor,
+                 use_im_start_end: bool = True, truncate_len: int | None = 512 - 255):
+        self.tokenizer, self.template = tokenizer, template
+        self.clip, self.sam = clip, sam
+        # The reference truncates text to model_max_length - 255 (room for the image's 256 tokens).
+        self.use_im_start_end, self.truncate_len = use_im_start_end, truncate_len
+
+    def __call__(self, samples: list) -> Batch:
+        clip, sam, resize, masks, texts, offset, probes = [], [], [], [], [], [0], []
+        for s in samples:
+            image = s.load_image() if hasattr(s, "load_image") else s.image
+            clip.append(self.clip(image))
+            pixels, size = self.sam(image)
+            sam.append(pixels)
+            resize.append(size)
+            h, w = image.shape[:2]
+            gts = [np.asarray(m) == 1 for m in s.masks]  # 255 (ignore) counts as background, as the reference
+            masks.append(torch.from_numpy(np.stack(gts).astype(np.float32)) if gts else torch.zeros((0, h, w)))
+            texts += [build_conversation(turns, self.template) for turns in s.conversations]
+            offset.append(offset[-1] + len(s.conversations))
+            probes.extend(getattr(s, "probe_targets", None) or [])
+        text = collate_conversations(self.tokenizer, texts, self.template, self.use_im_start_end, self.truncate_len)
+        return Batch(torch.cat(clip), torch.cat(sam), text["input_ids"], text["labels"],
+                     text["attention_mask"].long(), offset, masks, resize,
+                     torch.tensor(probes, dtype=torch.long) if probes else None)

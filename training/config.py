@@ -1,0 +1,91 @@
+"""Training configuration: one dataclass, loaded from one YAML/JSON file, defaults = the reference's recipe."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+
+@dataclass
+class TrainConfig:
+    # --- model -------------------------------------------------------------------------------------------------
+    model: str = "tiny-random"  # folder / hub id of a LISA checkpoint (ours or released), or tiny-random
+    vision_tower: str | None = None
+    conv_template: str | None = None
+    dtype: str = "bfloat16"  # mixed precision where supported ("float32" on CPU-only runs)
+    gradient_checkpointing: bool = True
+    attn_implementation: str = "sdpa"  # "eager" reproduces the reference's losses bit for bit
+    # --- what trains (reference: LoRA on the LLM's q/v, plus lm_head, embed_tokens, mask decoder, [SEG] head) ----
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    train_lm_head: bool = True
+    train_embed_tokens: bool = True
+    train_mask_decoder: bool = True
+    train_seg_projection: bool = True
+    train_everything: bool = False  # research option (random-init experiments): every weight trains, no LoRA
+    # --- loss --------------------------------------------------------------------------------------------------
+    ce_weight: float = 1.0
+    bce_weight: float = 2.0
+    dice_weight: float = 0.5
+    # Training-only auxiliary: a linear probe on the pre-[SEG] state that must name the query's kind. It forces
+    # the query into that state (needed by random-init models; see docs/learning.md); 0 disables it.
+    probe_weight: float = 0.0
+    probe_classes: int = 0
+    ce_weight_after: float | None = None  # CE weight after `ce_decay_step` (None: unchanged)
+    ce_decay_step: int = 0
+    # --- optimisation (reference: AdamW 3e-4, wd 0, betas 0.9/0.95, WarmupDecayLR 100 warm-up, 10x500 steps) ----
+    lr: float = 3e-4
+    lr_multipliers: dict[str, float] = field(default_factory=dict)  # module-name prefix -> lr factor
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 100
+    epochs: int = 10
+    steps_per_epoch: int = 500
+    batch_size: int = 2
+    grad_accumulation_steps: int = 10
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    # --- data --------------------------------------------------------------------------------------------------
+    dataset: str = "sem_seg||refer_seg||vqa||reason_seg"
+    sample_rates: tuple[float, ...] = (9, 3, 3, 1)
+    data_root: str = "data"
+    synthetic: dict = field(default_factory=dict)  # options of training.synthetic when dataset == "synthetic"
+    num_workers: int = 0
+    # --- bookkeeping -------------------------------------------------------------------------------------------
+    output_dir: str = "runs/lisa"
+    log_every: int = 10
+    eval_every: int = 0  # steps; 0 = at each epoch end
+    save_every: int = 0  # steps; 0 = at each epoch end
+    val_dataset: str | None = None
+    val_samples: int = 50
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    @classmethod
+    def load(cls, path: str | Path | None, **overrides) -> "TrainConfig":
+        """From a .yaml/.yml/.json file (unknown keys are an error), then keyword overrides."""
+        data: dict = {}
+        if path:
+            text = Path(path).read_text()
+            if str(path).endswith((".yaml", ".yml")):
+                import yaml
+
+                data = yaml.safe_load(text) or {}
+            else:
+                data = json.loads(text)
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training config keys {unknown} in {path}")
+        for name in ("lora_target_modules", "betas", "sample_rates"):
+            if name in data and isinstance(data[name], list):
+                data[name] = tuple(data[name])
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

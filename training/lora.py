@@ -1,0 +1,85 @@
+"""What trains: LoRA on the language model's attention (q_proj / v_proj only, never CLIP's), plus full lm_head,
+embed_tokens, SAM's mask decoder and the [SEG] head; CLIP, projector and SAM's encoders stay frozen."""
+from __future__ import annotations
+
+import re
+
+import torch
+from peft import LoraConfig, get_peft_model
+
+from lisa_model.modeling.lisa import LisaForSegmentation
+
+from .config import TrainConfig
+
+
+def lora_target_regex(modules: tuple[str, ...]) -> str:
+    """Full-match regex for the LLaMA layers' projections (a bare ["q_proj", "v_proj"] also hits CLIP)."""
+    names = "|".join(re.escape(m) for m in modules)
+    return rf"model\.language_model\.layers\.\d+\.self_attn\.({names})"
+
+
+def trainable_prefixes(cfg: TrainConfig) -> list[str]:
+    prefixes = []
+    if cfg.train_lm_head:
+        prefixes.append("lm_head.")
+    if cfg.train_embed_tokens:
+        prefixes.append("model.language_model.embed_tokens.")
+    if cfg.train_mask_decoder:
+        prefixes.append("sam.mask_decoder.")
+    if cfg.train_seg_projection:
+        prefixes.append("seg_projection.")
+    return prefixes
+
+
+def base_name(name: str) -> str:
+    """Parameter name without peft's wrapping ("base_model.model." prefix)."""
+    return name.removeprefix("base_model.model.")
+
+
+def prepare_for_training(model: LisaForSegmentation, cfg: TrainConfig) -> torch.nn.Module:
+    """Freeze / wrap the model per `cfg`; returns the module to optimise (a peft model when LoRA is used)."""
+    model.train()
+    if cfg.gradient_checkpointing:
+        model.model.language_model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.model.language_model.config.use_cache = False
+    if cfg.train_everything:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if cfg.lora_r > 0:
+        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=lora_target_regex(tuple(cfg.lora_target_modules)), bias="none")
+        model = get_peft_model(model, lora)
+    prefixes = tuple(trainable_prefixes(cfg))
+    for name, p in model.named_parameters():
+        if base_name(name).startswith(prefixes) or "lora_" in name:
+            p.requires_grad_(True)
+    # The frozen encoders run in eval mode (no dropout); only the trained parts switch with train()/eval().
+    return model
+
+
+def unwrap(model: torch.nn.Module) -> LisaForSegmentation:
+    """The LisaForSegmentation inside a peft / accelerate / DDP wrapper."""
+    while hasattr(model, "module"):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def merge_lora(model: torch.nn.Module) -> LisaForSegmentation:
+    """Fold LoRA into the base weights and drop the wrapper (for export and inference)."""
+    while hasattr(model, "module"):
+        model = model.module
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    return model
+
+
+def trainable_summary(model: torch.nn.Module) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable}
