@@ -22,15 +22,16 @@ MID_SAM = SamGeometry(embed_dim=768, depth=12, num_heads=12, global_attn_indexes
 
 def tiny_config(vocab_size: int, seg_token_id: int, hidden: int = 64, layers: int = 2, heads: int = 4,
                 intermediate: int = 172, clip_hidden: int = 32, clip_layers: int = 3, clip_heads: int = 2,
-                sam: SamGeometry = TINY_SAM, projector_type: str = PROJECTOR_LINEAR) -> LisaConfig:
+                sam: SamGeometry = TINY_SAM, projector_type: str = PROJECTOR_LINEAR, clip_image_size: int = 224,
+                clip_patch_size: int = 14) -> LisaConfig:
     """A LisaConfig of the fixture's shape family (defaults: the reference fixture's tiny dims)."""
     text = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate,
                        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                        max_position_embeddings=2048, rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2,
                        pad_token_id=0, tie_word_embeddings=False)
     vision = CLIPVisionConfig(hidden_size=clip_hidden, intermediate_size=clip_hidden * 2,
-                              num_hidden_layers=clip_layers, num_attention_heads=clip_heads, image_size=224,
-                              patch_size=14, projection_dim=clip_hidden, hidden_act="quick_gelu")
+                              num_hidden_layers=clip_layers, num_attention_heads=clip_heads,
+                              image_size=clip_image_size, patch_size=clip_patch_size, projection_dim=clip_hidden, hidden_act="quick_gelu")
     return LisaConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projector_type=projector_type,
                       out_dim=256, sam=sam.to_dict(), seg_token_id=seg_token_id, mm_use_im_start_end=True,
                       conv_template="llava_v1", image_token_index=vocab_size, tie_word_embeddings=False)

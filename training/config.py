@@ -10,6 +10,9 @@ from pathlib import Path
 class TrainConfig:
     # --- model -------------------------------------------------------------------------------------------------
     model: str = "tiny-random"  # folder / hub id of a LISA checkpoint (ours or released), or tiny-random
+    # tiny-random only: keyword arguments of lisa_model.tiny.tiny_config (e.g. hidden, layers, clip_image_size;
+    # "sam": {SamGeometry fields}) for small-model experiments.
+    tiny_config: dict = field(default_factory=dict)
     vision_tower: str | None = None
     conv_template: str | None = None
     dtype: str = "bfloat16"  # mixed precision where supported ("float32" on CPU-only runs)
