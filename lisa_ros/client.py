@@ -1,0 +1,103 @@
+"""Ask a running lisa_node one question and save what it saw (the demo's and a user's quick check).
+
+    python -m lisa_ros.client "where would I put the clothes" --out out/demo [--node /lisa_node]
+
+Calls <node>/reason_segment on the latest camera frame, saves the overlay published for that answer, one PNG
+per mask and a JSON (answer, areas, 3D targets), and prints the answer. Exit code 0 only when success=true.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import rclpy
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+
+from lisa_ros.srv import ReasonSegment
+
+from .image_conversion import image_to_rgb
+
+
+def target_summary(t) -> dict:
+    return {"valid": bool(t.valid), "centroid_m": [t.centroid.x, t.centroid.y, t.centroid.z],
+            "bbox_center_m": [t.bbox_center.x, t.bbox_center.y, t.bbox_center.z],
+            "bbox_size_m": [t.bbox_size.x, t.bbox_size.y, t.bbox_size.z], "point_count": int(t.point_count)}
+
+
+class OneShotClient(Node):
+    def __init__(self, node: str):
+        super().__init__("lisa_client")
+        self.client = self.create_client(ReasonSegment, f"{node}/reason_segment")
+        self.overlays: list[Image] = []
+        self.create_subscription(Image, f"{node}/overlay", self.overlays.append, 10)
+
+    def ask(self, instruction: str, timeout: float, max_new_tokens: int, explain: bool):
+        if not self.client.wait_for_service(timeout_sec=timeout):
+            raise TimeoutError(f"service {self.client.srv_name} not available after {timeout} s")
+        req = ReasonSegment.Request(instruction=instruction, max_new_tokens=max_new_tokens, explain=explain)
+        future = self.client.call_async(req)
+        rclpy.spin_until_future_complete(self, future, timeout_sec=timeout)
+        if not future.done():
+            raise TimeoutError(f"no answer within {timeout} s")
+        return future.result()
+
+    def overlay_for(self, stamp, wait: float = 3.0) -> Image | None:
+        """The overlay published for the frame stamped `stamp` (None: the newest overlay), waiting up to `wait`."""
+        deadline = time.monotonic() + wait
+        while True:
+            matches = [m for m in self.overlays if stamp is None or m.header.stamp == stamp]
+            if matches:
+                return matches[-1]
+            if time.monotonic() > deadline:
+                return None
+            rclpy.spin_once(self, timeout_sec=0.1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("instruction")
+    p.add_argument("--node", default="/lisa_node")
+    p.add_argument("--out", default="lisa_output")
+    p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--max-new-tokens", type=int, default=0)
+    p.add_argument("--explain", action="store_true")
+    args = p.parse_args(argv)
+    rclpy.init()
+    client = OneShotClient(args.node)
+    try:
+        res = client.ask(args.instruction, args.timeout, args.max_new_tokens, args.explain)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        summary = {"instruction": args.instruction, "success": res.success, "message": res.message,
+                   "text": res.text, "mask_areas": list(res.mask_areas), "mask_scores": list(res.mask_scores),
+                   "targets": [target_summary(t) for t in res.targets], "inference_time_s": res.inference_time}
+        for i, m in enumerate(res.masks):
+            cv2.imwrite(str(out / f"mask_{i}.png"), image_to_rgb(m)[..., 0])
+        overlay = client.overlay_for(res.masks[0].header.stamp if len(res.masks) else None) if res.success \
+            else None
+        if overlay is not None:
+            cv2.imwrite(str(out / "overlay.png"), cv2.cvtColor(image_to_rgb(overlay), cv2.COLOR_RGB2BGR))
+            summary["overlay"] = str(out / "overlay.png")
+        (out / "answer.json").write_text(json.dumps(summary, indent=2))
+    except TimeoutError as e:
+        print(f"lisa client: {e}", file=sys.stderr)
+        return 2
+    finally:
+        client.destroy_node()
+        rclpy.try_shutdown()
+    print(f"answer: {res.text}" if res.success else f"failed: {res.message}")
+    if res.success:
+        print(f"masks: {len(res.masks)} areas {list(res.mask_areas)}; 3D: "
+              + ", ".join(f"({t.centroid.x:.2f}, {t.centroid.y:.2f}, {t.centroid.z:.2f}) m" for t in res.targets
+                          if t.valid) + f" -> {out}/")
+    return 0 if res.success else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Every parameter of lisa_node, declared in this one place with its default and description.
+
+The launch file offers one launch argument per entry here (test/test_launch.py checks they stay in step).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class Param:
+    default: object
+    description: str
+
+
+PARAMETERS: dict[str, Param] = {
+    # --- model -------------------------------------------------------------------------------------------------
+    "model": Param("tiny-random", "LISA checkpoint folder or hub id (e.g. xinlai/LISA-7B-v1); 'tiny-random' = "
+                                  "offline random-weight model for wiring tests (meaningless masks)"),
+    "vision_tower": Param("", "CLIP vision tower folder or hub id; empty = the one named by the checkpoint"),
+    "device": Param("cpu", "torch device: cpu, cuda, cuda:1, ..."),
+    "dtype": Param("float32", "float32, bfloat16 or float16 (SAM's mask decoder always runs in float32)"),
+    "load_in_8bit": Param(False, "quantise the language model to 8 bit (bitsandbytes, CUDA only)"),
+    "load_in_4bit": Param(False, "quantise the language model to 4 bit (bitsandbytes, CUDA only)"),
+    "conv_template": Param("", "conversation template override: llava_v1 or llava_llama_2; empty = from checkpoint"),
+    "max_new_tokens": Param(32, "default generation budget per answer (requests may set their own)"),
+    "autostart": Param(True, "configure and activate by itself (no lifecycle manager needed)"),
+    # --- inputs ------------------------------------------------------------------------------------------------
+    "color_topic": Param("/camera/color/image_raw", "colour image topic (sensor_msgs/Image)"),
+    "use_compressed": Param(False, "subscribe to <color_topic>/compressed (sensor_msgs/CompressedImage) instead"),
+    "depth_topic": Param("/camera/depth/image_raw", "depth image topic (16UC1 in mm or 32FC1 in m); empty = none"),
+    "camera_info_topic": Param("/camera/color/camera_info", "colour camera intrinsics (sensor_msgs/CameraInfo)"),
+    "depth_camera_info_topic": Param("/camera/depth/camera_info",
+                                     "depth camera intrinsics; empty = depth registered to the colour camera"),
+    "input_reliability": Param("best_effort", "QoS reliability of the inputs: best_effort (sensor data) or "
+                                              "reliable"),
+    "sync_tolerance": Param(0.05, "max stamp difference (s) for depth to count as the colour frame's depth"),
+    "max_image_pixels": Param(4096 * 4096, "images larger than this (pixels) are refused"),
+    # --- requests ----------------------------------------------------------------------------------------------
+    "queue_size": Param(2, "requests waiting behind the running one; more are answered success=false 'busy'"),
+    "queue_policy": Param("fifo", "fifo: wait in order up to queue_size; reject: refuse any request while busy"),
+    "instruction_topic": Param("~/instruction", "standing instruction (std_msgs/String) for continuous mode; an "
+                                                "empty string stops it"),
+    "continuous_rate": Param(1.0, "Hz at which the standing instruction is answered on new frames (0 = off)"),
+    # --- outputs -----------------------------------------------------------------------------------------------
+    "publish_mask": Param(True, "publish ~/mask (mono8 union of masks, 255 = target)"),
+    "publish_overlay": Param(True, "publish ~/overlay (rgb8: masks over the frame, answer as caption)"),
+    "publish_answer": Param(True, "publish ~/answer (std_msgs/String)"),
+    "publish_points": Param(True, "publish ~/points (PointCloud2 of the masks' 3D points) when depth is there"),
+    "publish_markers": Param(True, "publish ~/markers (3D box + label per mask) when depth is there"),
+    "depth_min": Param(0.1, "depth below this (m) is invalid"),
+    "depth_max": Param(10.0, "depth beyond this (m) is invalid"),
+    "outlier_percentile": Param(2.0, "3D boxes span the [p, 100-p] percentiles of the mask's points (mask edges "
+                                     "bleed onto the background)"),
+}
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """The parameters' values as typed attributes (read once per configure)."""
+
+    model: str
+    vision_tower: str
+    device: str
+    dtype: str
+    load_in_8bit: bool
+    load_in_4bit: bool
+    conv_template: str
+    max_new_tokens: int
+    autostart: bool
+    color_topic: str
+    use_compressed: bool
+    depth_topic: str
+    camera_info_topic: str
+    depth_camera_info_topic: str
+    input_reliability: str
+    sync_tolerance: float
+    max_image_pixels: int
+    queue_size: int
+    queue_policy: str
+    instruction_topic: str
+    continuous_rate: float
+    publish_mask: bool
+    publish_overlay: bool
+    publish_answer: bool
+    publish_points: bool
+    publish_markers: bool
+    depth_min: float
+    depth_max: float
+    outlier_percentile: float
+
+    def __post_init__(self):
+        if self.input_reliability not in ("best_effort", "reliable"):
+            raise ValueError(f"input_reliability must be best_effort or reliable, got {self.input_reliability!r}")
+        if self.queue_policy not in ("fifo", "reject"):
+            raise ValueError(f"queue_policy must be fifo or reject, got {self.queue_policy!r}")
+
+
+assert set(PARAMETERS) == {f.name for f in fields(NodeSettings)}, "PARAMETERS and NodeSettings disagree"
+
+
+def declare_all(node) -> None:
+    """Declare every parameter on an rclpy node, with its description."""
+    from rcl_interfaces.msg import ParameterDescriptor
+
+    for name, p in PARAMETERS.items():
+        node.declare_parameter(name, p.default, ParameterDescriptor(description=p.description))
+
+
+def read_all(node) -> NodeSettings:
+    return NodeSettings(**{name: node.get_parameter(name).value for name in PARAMETERS})

@@ -1,0 +1,1 @@
+"""Indoor scenes in ScanNet's exported frame layout: a reader (scannet.py) and a synthetic generator (synthetic.py)."""
