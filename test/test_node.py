@@ -19,6 +19,7 @@ from lisa_ros.msg import SegmentationResult
 from lisa_ros.outputs import clean_answer
 from lisa_ros.srv import ReasonSegment
 from node_harness import NodeProcess, Peer, claim_domain, solid_image
+from ros_fixtures import synthetic_scene  # noqa: F401  (fixture)
 
 SRV = "/lisa_node/reason_segment"
 
@@ -205,3 +206,45 @@ def test_lifecycle_frees_and_reloads_the_model(peer, node):
     assert ask(peer, "the cup", img).success
     state = peer.call(GetState, "/lisa_node/get_state", GetState.Request())
     assert state.current_state.label == "active"
+
+
+def test_3d_targets_points_and_markers_on_a_scannet_frame(peer, synthetic_scene):
+    """Colour, depth at another resolution and both camera infos sent with the request: the node's 3D targets are
+    the geometry module's on the node's own masks (geometry's accuracy against the known scene: test_geometry)."""
+    from sensor_msgs.msg import PointCloud2
+    from std_msgs.msg import Header
+    from visualization_msgs.msg import MarkerArray
+
+    from lisa_ros.geometry import targets_3d
+    from lisa_ros.image_conversion import depth_to_image, rgb_to_image
+    from lisa_ros.ros_conversions import camera_info_from_intrinsics, cloud_to_array
+    from lisa_ros.scenes.scannet import ScanNetScene
+
+    scene = ScanNetScene.open(synthetic_scene)
+    fid = scene.frame_ids[0]
+    rgb, depth_mm = scene.read_color(fid), scene.read_depth_mm(fid)
+    assert depth_mm.shape != rgb.shape[:2]  # depth at another resolution than colour
+    header = Header(frame_id="camera_color_optical_frame")
+    header.stamp.sec = 300
+    req = ReasonSegment.Request(instruction="where would I put the clothes", max_new_tokens=24,
+                                image=rgb_to_image(rgb, header), depth=depth_to_image(depth_mm, header),
+                                camera_info=camera_info_from_intrinsics(scene.color_intrinsics, header),
+                                depth_camera_info=camera_info_from_intrinsics(scene.depth_intrinsics, header))
+    clouds = peer.subscribe(PointCloud2, "/lisa_node/points")
+    markers = peer.subscribe(MarkerArray, "/lisa_node/markers")
+    res = peer.call(ReasonSegment, SRV, req)
+    assert res.success and len(res.masks) >= 1, res.message
+    masks = np.stack([image_to_numpy(m) == 255 for m in res.masks])
+    expected = targets_3d(masks, scene.read_depth(fid), scene.depth_intrinsics, scene.color_intrinsics,
+                          trim_percentile=2.0, depth_min=0.1, depth_max=10.0)
+    assert len(res.targets) == len(expected)
+    for got, (want, points) in zip(res.targets, expected):
+        assert got.valid == want.valid and got.point_count == want.point_count
+        if want.valid:
+            np.testing.assert_allclose([got.centroid.x, got.centroid.y, got.centroid.z], want.centroid, atol=1e-5)
+            np.testing.assert_allclose([got.bbox_size.x, got.bbox_size.y, got.bbox_size.z], want.bbox_size,
+                                       atol=1e-5)
+    assert peer.spin_until(lambda: any(c.header.stamp.sec == 300 for c in clouds) and
+                           any(m.markers and m.markers[0].header.stamp.sec == 300 for m in markers), 10)
+    cloud = next(c for c in clouds if c.header.stamp.sec == 300)
+    assert len(cloud_to_array(cloud)) == sum(len(p) for _, p in expected)
