@@ -11,7 +11,7 @@ _MODEL_STACK = {
     "torch", "torchvision", "transformers", "tokenizers", "sentencepiece", "safetensors",
     "segment-anything", "numpy", "pillow", "opencv-python-headless", "huggingface-hub",
 }
-_TRAINING_STACK = {"peft", "accelerate", "tqdm", "tensorboard", "matplotlib"}
+_TRAINING_STACK = {"peft", "accelerate", "tqdm", "tensorboard", "matplotlib", "pycocotools"}
 
 
 def _pinned(names: set) -> list:

@@ -17,12 +17,13 @@ from .evaluate import EvalItem
 
 
 def _reason_seg(root: Path, cfg: TrainConfig):
-    return ReasonSegDataset(root / "reason_seg" / "train")
+    return ReasonSegDataset(root / "reason_seg" / "train", answers=cfg.answers or None)
 
 
 def _synthetic(root: Path, cfg: TrainConfig):
     return ReasonSegDataset(root / "train", queries_per_image=1,
-                            probe_key="query_kind_index" if cfg.probe_weight > 0 else None)
+                            probe_key="query_kind_index" if cfg.probe_weight > 0 else None,
+                            answers=cfg.answers or None)
 
 
 def _from_readers(name: str) -> Callable:
@@ -34,7 +35,7 @@ def _from_readers(name: str) -> Callable:
 
 
 SOURCES: dict[str, Callable] = {"reason_seg": _reason_seg, "synthetic": _synthetic,
-                                **{n: _from_readers(n) for n in ("sem_seg", "refer_seg", "vqa")}}
+                                **{n: _from_readers(n) for n in ("sem_seg", "refer_seg", "vqa", "robot")}}
 
 
 class MixedStream:

@@ -106,8 +106,10 @@ class ReasonSegDataset:
 
     source = "reason_seg"
 
-    def __init__(self, folder: str | Path, queries_per_image: int = 3, probe_key: str | None = None):
+    def __init__(self, folder: str | Path, queries_per_image: int = 3, probe_key: str | None = None,
+                 answers: list[str] | tuple[str, ...] | None = None):
         self.skipped: dict[str, int] = {}
+        self.answers = list(answers) if answers else ANSWERS
         self.records = scan(folder, self.skipped)
         self.queries_per_image = queries_per_image
         self.probe_key = probe_key  # annotation field holding a class index for the training-only probe
@@ -132,7 +134,7 @@ class ReasonSegDataset:
             for q in queries:
                 question = (rng.choice(LONG_QUESTIONS).format(sent=q) if rec.is_sentence
                             else rng.choice(SHORT_QUESTIONS).format(class_name=q.lower()))
-                convs.append([(question, rng.choice(ANSWERS))])
+                convs.append([(question, rng.choice(self.answers))])
             target = (gt == 1).astype(np.uint8)
             probe = [int(rec.annotation[self.probe_key])] * k if self.probe_key else []
             return Sample(rec.name, convs, [target] * k, self.source, rec.image_path, image, probe)
