@@ -55,6 +55,7 @@ class TrainConfig:
     sample_rates: tuple[float, ...] = (9, 3, 3, 1)
     data_root: str = "data"
     synthetic: dict = field(default_factory=dict)  # options of training.synthetic when dataset == "synthetic"
+    answers: tuple[str, ...] = ()  # answer templates of ReasonSeg-format sources; () = the reference's five
     num_workers: int = 0
     # --- bookkeeping -------------------------------------------------------------------------------------------
     output_dir: str = "runs/lisa"
@@ -85,7 +86,7 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown training config keys {unknown} in {path}")
-        for name in ("lora_target_modules", "betas", "sample_rates"):
+        for name in ("lora_target_modules", "betas", "sample_rates", "answers"):
             if name in data and isinstance(data[name], list):
                 data[name] = tuple(data[name])
         return cls(**data)
