@@ -12,7 +12,7 @@ from typing import Callable
 
 from .config import TrainConfig
 from .data.reason_seg import ReasonSegDataset, read_reason_seg_split
-from .data.sample import Sample
+from .data.sample import Sample, merge_skipped
 from .evaluate import EvalItem
 
 
@@ -53,11 +53,7 @@ class MixedStream:
         return [rng.choices(self.sources, self.weights)[0].sample(rng) for _ in range(batch_size)]
 
     def skipped(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for s in self.sources:
-            for k, v in getattr(s, "skipped", {}).items():
-                out[k] = out.get(k, 0) + v
-        return out
+        return merge_skipped(self.sources)
 
 
 class ValidationSet:

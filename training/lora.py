@@ -57,26 +57,25 @@ def prepare_for_training(model: LisaForSegmentation, cfg: TrainConfig) -> torch.
     for name, p in model.named_parameters():
         if base_name(name).startswith(prefixes) or "lora_" in name:
             p.requires_grad_(True)
-    # The frozen encoders run in eval mode (no dropout); only the trained parts switch with train()/eval().
+    return model
+
+
+def _without_ddp(model: torch.nn.Module) -> torch.nn.Module:
+    while hasattr(model, "module"):  # DDP / DeepSpeed engines keep the model in .module
+        model = model.module
     return model
 
 
 def unwrap(model: torch.nn.Module) -> LisaForSegmentation:
-    """The LisaForSegmentation inside a peft / accelerate / DDP wrapper."""
-    while hasattr(model, "module"):
-        model = model.module
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return model
+    """The LisaForSegmentation inside a peft / accelerate / DDP wrapper (LoRA layers still in it)."""
+    model = _without_ddp(model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def merge_lora(model: torch.nn.Module) -> LisaForSegmentation:
     """Fold LoRA into the base weights and drop the wrapper (for export and inference)."""
-    while hasattr(model, "module"):
-        model = model.module
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    return model
+    model = _without_ddp(model)
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
 
 
 def trainable_summary(model: torch.nn.Module) -> dict[str, int]:

@@ -13,6 +13,7 @@ import random
 from pathlib import Path
 
 from .reason_seg import ReasonSegDataset
+from .sample import merge_skipped
 from .refer_seg import ReferSegDataset
 from .sem_seg import SemSegDataset
 from .vqa import VqaDataset
@@ -31,11 +32,7 @@ class Union:
 
     @property
     def skipped(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for p in self.parts:
-            for k, v in getattr(p, "skipped", {}).items():
-                out[k] = out.get(k, 0) + v
-        return out
+        return merge_skipped(self.parts)
 
 
 def build(name: str, folder: Path):

@@ -38,3 +38,12 @@ def read_rgb(path: Path) -> np.ndarray:
     if image is None:
         raise BadSample(f"{path}: missing or unreadable image")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def merge_skipped(sources) -> dict[str, int]:
+    """Skip counts (reason -> files) summed over data sources that keep a `skipped` dict."""
+    out: dict[str, int] = {}
+    for source in sources:
+        for reason, n in getattr(source, "skipped", {}).items():
+            out[reason] = out.get(reason, 0) + n
+    return out
