@@ -222,12 +222,12 @@ class Target3DResult:
 
 
 def trim_outliers(points: np.ndarray, percentile: float) -> np.ndarray:
-    """The points inside the per-axis [percentile, 100 - percentile] range on all three axes.
+    """The points inside the per-axis [percentile, 100 - percentile] range on all three axes (for boxes only).
 
-    Why: a mask's border pixels often land on the background (segmentation and depth edges never align exactly)
-    and a few such points far behind the object would stretch its box by metres. Per-axis percentiles need no
-    scale parameter, cost one partial sort per axis, and leave the centroid of a clean, roughly symmetric point
-    set unchanged. percentile = 0 keeps everything.
+    Why: a few stray points stretch an axis-aligned box by their whole distance; clipping each axis's tails keeps
+    the box on the object's body. It also shaves the genuine extremes, so a box is slightly small and a mean of
+    the trimmed points is biased (1-2 cm measured on the synthetic scenes): centroids use the depth cluster
+    instead. percentile = 0 keeps everything.
     """
     if percentile <= 0 or len(points) == 0:
         return points
@@ -235,27 +235,51 @@ def trim_outliers(points: np.ndarray, percentile: float) -> np.ndarray:
     return points[np.all((points >= lo) & (points <= hi), axis=1)]
 
 
+def largest_depth_cluster(points: np.ndarray, gap: float = 0.10, relative_gap: float = 0.05) -> np.ndarray:
+    """The points of the largest run of depths (z) with no gap wider than max(gap, relative_gap * z) metres.
+
+    Why: a mask's border pixels land on whatever is behind (or in front of) the object - segmentation and depth
+    edges never align exactly, and nearest-pixel mapping between grids of different resolution adds a pixel of
+    slack. Those points sit across a depth jump from the object. A connected object's own depths have no such
+    gap, however oblique the surface, so a clean point set is kept whole and its mean is unbiased (unlike a
+    percentile or median-deviation cut). Nx3 in, Mx3 out (M <= N).
+    """
+    if len(points) < 2:
+        return points
+    z = np.sort(points[:, 2])
+    breaks = np.nonzero(np.diff(z) > np.maximum(gap, relative_gap * z[:-1]))[0]
+    if len(breaks) == 0:
+        return points
+    starts = np.concatenate([[0], breaks + 1])
+    ends = np.concatenate([breaks, [len(z) - 1]])
+    largest = int(np.argmax(ends - starts))
+    return points[(points[:, 2] >= z[starts[largest]]) & (points[:, 2] <= z[ends[largest]])]
+
+
 def target_from_points(points: np.ndarray, trim_percentile: float = 2.0, min_points: int = 10,
-                       depth_coverage: float = 1.0) -> Target3DResult:
-    """Centroid and axis-aligned box of Nx3 points after trim_outliers; invalid when fewer than min_points remain."""
-    kept = trim_outliers(np.asarray(points, dtype=np.float32), trim_percentile)
-    if len(kept) < max(1, min_points):
+                       depth_coverage: float = 1.0, depth_gap: float = 0.10) -> Target3DResult:
+    """Centroid = mean of the largest depth cluster (largest_depth_cluster); box = that cluster's per-axis
+    [trim_percentile, 100 - trim_percentile] range (trim_outliers). Invalid when fewer than min_points remain."""
+    kept = largest_depth_cluster(np.asarray(points, dtype=np.float32), depth_gap)
+    boxed = trim_outliers(kept, trim_percentile)
+    if len(kept) < max(1, min_points) or len(boxed) == 0:
         return Target3DResult.invalid(depth_coverage, len(kept))
-    kept64 = kept.astype(np.float64)
-    return Target3DResult(True, kept64.mean(axis=0), kept64.min(axis=0), kept64.max(axis=0), len(kept),
-                          float(depth_coverage))
+    boxed64 = boxed.astype(np.float64)
+    return Target3DResult(True, kept.astype(np.float64).mean(axis=0), boxed64.min(axis=0), boxed64.max(axis=0),
+                          len(kept), float(depth_coverage))
 
 
 def targets_3d(masks: Sequence[np.ndarray], depth_m: np.ndarray, depth: CameraIntrinsics, color: CameraIntrinsics,
                color_from_depth: np.ndarray | None = None, trim_percentile: float = 2.0, min_points: int = 10,
-               depth_min: float = 0.0, depth_max: float = np.inf) -> list[tuple[Target3DResult, np.ndarray]]:
+               depth_min: float = 0.0, depth_max: float = np.inf,
+               depth_gap: float = 0.10) -> list[tuple[Target3DResult, np.ndarray]]:
     """For each colour-grid mask (HxW, nonzero = target): (its Target3DResult, all its Nx3 float32 points in the
     colour camera frame before trimming, e.g. for a PointCloud2). The depth image is back-projected once."""
     projector = DepthProjector(depth_m, depth, color, color_from_depth, depth_min, depth_max)
     results = []
     for mask in masks:
         points, coverage = projector.points_in(mask)
-        results.append((target_from_points(points, trim_percentile, min_points, coverage), points))
+        results.append((target_from_points(points, trim_percentile, min_points, coverage, depth_gap), points))
     return results
 
 

@@ -15,6 +15,7 @@ import threading
 import time
 
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -25,6 +26,7 @@ from std_msgs.msg import String
 from lisa_ros.msg import SegmentationResult
 from lisa_ros.srv import ReasonSegment
 
+from .diagnostics import NodeStatus, build_diagnostics
 from .frames import FrameStore
 from .outputs import Answer, OutputPublishers, answer_frame
 from .parameters import NodeSettings, declare_all, read_all
@@ -47,6 +49,8 @@ class LisaNode(LifecycleNode):
         self._entities: list = []
         self.outputs: OutputPublishers | None = None
         self._timer = None
+        self.status = NodeStatus()
+        self._diagnostics = None  # (publisher, timer) while configured
         if self.settings.autostart:
             # Transitions from the constructor are allowed: nothing spins yet, and the model loads synchronously.
             if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
@@ -82,6 +86,10 @@ class LisaNode(LifecycleNode):
         if s.continuous_rate > 0:
             self._timer = self.create_timer(1.0 / s.continuous_rate, self._on_continuous_tick,
                                             callback_group=self.continuous_group)
+        if s.diagnostics_period > 0:
+            publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+            timer = self.create_timer(s.diagnostics_period, self._publish_diagnostics, callback_group=g)
+            self._diagnostics = (publisher, timer)
         self.get_logger().info("configured")
         return TransitionCallbackReturn.SUCCESS
 
@@ -125,6 +133,11 @@ class LisaNode(LifecycleNode):
         if self._timer is not None:
             self.destroy_timer(self._timer)
             self._timer = None
+        if self._diagnostics is not None:
+            publisher, timer = self._diagnostics
+            self.destroy_timer(timer)
+            self.destroy_publisher(publisher)
+            self._diagnostics = None
         for entity in self._entities:
             if hasattr(entity, "srv_type"):
                 self.destroy_service(entity)
@@ -154,20 +167,27 @@ class LisaNode(LifecycleNode):
                 answer = self._answer(request.instruction, frame, request.max_new_tokens, request.explain)
         except Busy as e:
             answer = Answer.failure(str(e))
+            self.status.count(False, 0.0)
         answer.fill_response(response)
         return response
 
     def _answer(self, instruction: str, frame, max_new_tokens: int, explain: bool) -> Answer:
         """One inference on `frame`; every failure becomes success=false with a message."""
         if self.segmenter is None:
-            return Answer.failure("model not active (lifecycle state is not active)")
-        answer = answer_frame(self.segmenter, self.settings, instruction, frame,
-                              max_new_tokens or self.settings.max_new_tokens, explain)
+            answer = Answer.failure("model not active (lifecycle state is not active)")
+        else:
+            answer = answer_frame(self.segmenter, self.settings, instruction, frame,
+                                  max_new_tokens or self.settings.max_new_tokens, explain)
+        self.status.count(answer.success, answer.inference_time)
         if answer.success and self.outputs is not None:
             self.outputs.publish(answer)
         elif not answer.success:
             self.get_logger().warning(f"request failed: {answer.message}")
         return answer
+
+    def _publish_diagnostics(self) -> None:
+        if self._diagnostics is not None:
+            self._diagnostics[0].publish(build_diagnostics(self, self.status, stale_after=2.0))
 
     # ----- continuous mode --------------------------------------------------------------------------------------
     def _on_instruction(self, msg: String) -> None:

@@ -50,6 +50,10 @@ PARAMETERS: dict[str, Param] = {
     "publish_markers": Param(True, "publish ~/markers (3D box + label per mask) when depth is there"),
     "depth_min": Param(0.1, "depth below this (m) is invalid"),
     "depth_max": Param(10.0, "depth beyond this (m) is invalid"),
+    "diagnostics_period": Param(1.0, "seconds between /diagnostics reports (model, frame rate and age, request "
+                                     "counts); 0 = off"),
+    "depth_gap": Param(0.10, "3D targets keep the largest cluster of a mask's points along z without a gap wider "
+                             "than this (m, or 5 % of the depth): drops mask-edge bleed onto other surfaces"),
     "outlier_percentile": Param(2.0, "3D boxes span the [p, 100-p] percentiles of the mask's points (mask edges "
                                      "bleed onto the background)"),
 }
@@ -87,6 +91,8 @@ class NodeSettings:
     publish_markers: bool
     depth_min: float
     depth_max: float
+    diagnostics_period: float
+    depth_gap: float
     outlier_percentile: float
 
     def __post_init__(self):

@@ -96,17 +96,16 @@ def test_depth_pixels_backproject_onto_the_true_surfaces(synthetic_scene):  # no
 
 def test_colour_masks_give_3d_targets_within_tolerance(synthetic_scene):  # noqa: F811
     """The node's path: masks on the colour grid (as the model outputs them), depth at another resolution and
-    calibration. Nearest-pixel mapping misassigns some boundary pixels, so centroids are within 2 cm (1 cm for most);
-    the trimmed points lie on the box."""
+    calibration. Nearest-pixel mapping puts some boundary pixels' depth on the surface behind; the depth-cluster
+    rule drops them, so centroids are within 1 cm of the true visible-surface centroid (a plain mean of every
+    point is off by up to 1.5 cm here, a per-axis percentile trim by up to 1.9 cm); boxes lie on the object."""
     scene, items = _objects(synthetic_scene)
     errors = []
     for frame_id, obj, mask in items:
-        (untrimmed, _), = targets_3d([mask], scene.read_depth(frame_id), scene.depth_intrinsics,
-                                     scene.color_intrinsics, trim_percentile=0.0)
         (target, points), = targets_3d([mask], scene.read_depth(frame_id), scene.depth_intrinsics,
                                        scene.color_intrinsics, trim_percentile=2.0)
-        assert target.valid and untrimmed.depth_coverage > 0.97
-        errors.append(np.abs(untrimmed.centroid - obj["visible_centroid_camera"]).max())
+        assert target.valid and target.depth_coverage > 0.97
+        errors.append(np.abs(target.centroid - obj["visible_centroid_camera"]).max())
         # The visible surface lies inside the box, so its camera-frame box lies inside the camera-frame box of
         # the true box's 8 corners.
         box = DEFAULT_BOXES[obj["id"] - 1]
@@ -114,8 +113,8 @@ def test_colour_masks_give_3d_targets_within_tolerance(synthetic_scene):  # noqa
         in_camera = transform_points(np.linalg.inv(scene.pose(frame_id)), corners)
         assert (target.bbox_min > in_camera.min(axis=0) - 0.01).all()
         assert (target.bbox_max < in_camera.max(axis=0) + 0.01).all()
-        assert 0.85 * len(points) < target.point_count <= len(points)
-    assert max(errors) < 0.02 and np.median(errors) < 0.01, errors
+        assert 0.95 * len(points) < target.point_count <= len(points)
+    assert max(errors) < 0.01, errors
 
 
 def test_depth_resampled_to_the_colour_grid(synthetic_scene):  # noqa: F811
@@ -160,14 +159,20 @@ def test_unregistered_depth_camera_with_extrinsics(synthetic_scene):  # noqa: F8
 
 # ----- per-mask summaries --------------------------------------------------------------------------------------
 
-def test_trimming_ignores_background_bleed():
+def test_background_bleed_is_dropped_and_clean_objects_kept_whole():
     rng = np.random.default_rng(1)
     obj = rng.uniform([-0.1, -0.1, 1.9], [0.1, 0.1, 2.1], (1000, 3))
     bleed = rng.uniform([-0.1, -0.1, 4.0], [0.1, 0.1, 5.0], (10, 3))  # 1% of the mask on the wall behind
     target = target_from_points(np.vstack([obj, bleed]), trim_percentile=2.0)
-    assert target.valid and target.bbox_max[2] < 2.11 and abs(target.centroid[2] - 2.0) < 0.01
-    assert 850 < target.point_count < 1000 and target.depth_coverage == 1.0
-    raw = target_from_points(np.vstack([obj, bleed]), trim_percentile=0.0)
+    assert target.valid and target.bbox_max[2] < 2.11 and target.point_count == 1000
+    np.testing.assert_allclose(target.centroid, obj.mean(axis=0), atol=1e-6)  # the bleed is gone, nothing else
+    assert target.depth_coverage == 1.0
+    untrimmed_box = target_from_points(np.vstack([obj, bleed]), trim_percentile=0.0)
+    assert untrimmed_box.point_count == 1000 and untrimmed_box.bbox_max[2] == pytest.approx(obj[:, 2].max())
+    # An oblique floor seen from 1 m to 4 m has no depth gap: kept whole, however far it reaches.
+    floor = np.stack([rng.uniform(-1, 1, 5000), np.full(5000, 0.8), rng.uniform(1.0, 4.0, 5000)], axis=1)
+    assert target_from_points(floor, trim_percentile=0.0).point_count == 5000
+    raw = target_from_points(np.vstack([obj, bleed]), trim_percentile=0.0, depth_gap=10.0)
     assert raw.point_count == 1010 and raw.bbox_max[2] > 4.0
     np.testing.assert_allclose(raw.bbox_center, (raw.bbox_min + raw.bbox_max) / 2)
     np.testing.assert_allclose(raw.bbox_size, raw.bbox_max - raw.bbox_min)

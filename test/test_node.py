@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from diagnostic_msgs.msg import DiagnosticArray
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 from rcl_interfaces.srv import ListParameters
@@ -136,9 +137,10 @@ def test_queue_bound_answers_busy(peer):
 
 
 def test_frames_and_services_keep_flowing_during_inference(peer):
-    """While a long answer runs: new frames are taken in (the next answer uses the newest one) and the
-    lifecycle and parameter services answer at once."""
+    """While a long answer runs: new frames are taken in (the next answer uses the newest one), the
+    lifecycle and parameter services answer at once, and /diagnostics keeps reporting the intake."""
     pub = peer.node.create_publisher(Image, "/camera/color/image_raw", 10)
+    diagnostics = peer.subscribe(DiagnosticArray, "/diagnostics")
     _, first = solid_image(64, 64, stamp_sec=100)
     long_call = {}
     worker_peer = Peer(peer.context.get_domain_id(), "long_caller")
@@ -168,6 +170,11 @@ def test_frames_and_services_keep_flowing_during_inference(peer):
     assert max(during) < 5.0
     res = ask(peer, "the chair")  # empty image: the latest frame, taken in while the long inference ran
     assert res.success and res.header.stamp.sec == stamp
+    busy = [{kv.key: kv.value for kv in d.status[0].values} for d in diagnostics
+            if any(kv.key == "requests_pending" and kv.value != "0" for kv in d.status[0].values)]
+    received = sorted({int(v["color_frames_received"]) for v in busy})
+    assert len(received) >= 2, f"diagnostics while busy: {busy}"
+    assert busy[-1]["model_loaded"] == "True" and float(busy[-1]["newest_frame_age_s"]) >= 0.0
 
 
 def test_continuous_mode_publishes_results(peer):
@@ -236,7 +243,7 @@ def test_3d_targets_points_and_markers_on_a_scannet_frame(peer, synthetic_scene)
     assert res.success and len(res.masks) >= 1, res.message
     masks = np.stack([image_to_numpy(m) == 255 for m in res.masks])
     expected = targets_3d(masks, scene.read_depth(fid), scene.depth_intrinsics, scene.color_intrinsics,
-                          trim_percentile=2.0, depth_min=0.1, depth_max=10.0)
+                          trim_percentile=2.0, depth_min=0.1, depth_max=10.0, depth_gap=0.10)
     assert len(res.targets) == len(expected)
     for got, (want, points) in zip(res.targets, expected):
         assert got.valid == want.valid and got.point_count == want.point_count

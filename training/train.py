@@ -123,12 +123,12 @@ class Trainer:
                              gt_masks=batch.gt_masks, resize_list=batch.resize_list, ce_weight=ce_weight,
                              bce_weight=cfg.bce_weight, dice_weight=cfg.dice_weight)
             loss = out["loss"]
-            logs = {k: float(out[k]) for k in ("loss", "ce_loss", "mask_bce_loss", "mask_dice_loss")}
+            logs = {k: float(out[k].detach()) for k in ("loss", "ce_loss", "mask_bce_loss", "mask_dice_loss")}
             if self.probe is not None and batch.probe_targets is not None:
                 states = torch.cat(out["seg_states"])
                 probe_loss = nn.functional.cross_entropy(self.probe(states.float()), batch.probe_targets)
                 loss = loss + cfg.probe_weight * probe_loss
-                logs["probe_loss"] = float(probe_loss)
+                logs["probe_loss"] = float(probe_loss.detach())
             acc.backward(loss)
             if acc.sync_gradients and cfg.max_grad_norm:
                 acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)

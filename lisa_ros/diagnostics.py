@@ -1,0 +1,78 @@
+"""The node's health on /diagnostics (diagnostic_msgs/DiagnosticArray), the topic robot monitors and rqt read.
+
+One DiagnosticStatus per node: whether the model is loaded, how fast colour frames arrive, how old the newest
+one is, how many requests were answered / refused, and how long the last inference took. Published from the
+intake callback group, so it keeps coming while an inference runs (a stalled counter there means stalled intake).
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+from .frames import stamp_seconds
+
+
+class NodeStatus:
+    """Counters the node updates and the diagnostics timer reads (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.answered = 0  # requests and continuous-mode answers that succeeded
+        self.failed = 0  # answered with success=false (bad input, busy, model inactive, ...)
+        self.last_inference_s = 0.0
+        self._rate_window: tuple[float, int] | None = None  # (monotonic time, frames received) at the last report
+
+    def count(self, success: bool, inference_s: float) -> None:
+        with self._lock:
+            if success:
+                self.answered += 1
+                self.last_inference_s = inference_s
+            else:
+                self.failed += 1
+
+    def frame_rate(self, received: int) -> float:
+        """Colour frames per second since the previous call (0.0 on the first call)."""
+        now = time.monotonic()
+        with self._lock:
+            previous, self._rate_window = self._rate_window, (now, received)
+        if previous is None or now <= previous[0]:
+            return 0.0
+        return (received - previous[1]) / (now - previous[0])
+
+
+def build_diagnostics(node, status: NodeStatus, stale_after: float):
+    """A DiagnosticArray describing `node` (a LisaNode) now. Level: OK; WARN when no model is loaded or the newest
+    colour frame is older than `stale_after` seconds (or none came yet)."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+    s = node.settings
+    latest = node.frames.latest()
+    now = node.get_clock().now().nanoseconds * 1e-9
+    age = now - stamp_seconds(latest.color.header) if latest is not None else float("inf")
+    rate = status.frame_rate(node.frames.received)
+    problems = []
+    if node.segmenter is None:
+        problems.append("model not loaded (lifecycle state is not active)")
+    if latest is None:
+        problems.append(f"no frame received yet on {s.color_topic}")
+    elif age > stale_after:
+        problems.append(f"newest frame is {age:.1f} s old")
+    values = {
+        "model": s.model, "device": s.device, "dtype": s.dtype,
+        "model_loaded": str(node.segmenter is not None),
+        "color_frames_received": str(node.frames.received),
+        "color_rate_hz": f"{rate:.2f}",
+        "newest_frame_age_s": f"{age:.3f}",
+        "requests_answered": str(status.answered),
+        "requests_failed": str(status.failed),
+        "requests_pending": str(node.queue.pending),
+        "last_inference_s": f"{status.last_inference_s:.3f}",
+    }
+    entry = DiagnosticStatus(
+        level=DiagnosticStatus.WARN if problems else DiagnosticStatus.OK,
+        name=f"{node.get_fully_qualified_name()}: reasoning segmentation",
+        message="; ".join(problems) or "ok", hardware_id=s.device,
+        values=[KeyValue(key=k, value=v) for k, v in values.items()])
+    msg = DiagnosticArray(status=[entry])
+    msg.header.stamp = node.get_clock().now().to_msg()
+    return msg
