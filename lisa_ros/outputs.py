@@ -5,7 +5,9 @@ turn a successful Answer into messages.
 """
 from __future__ import annotations
 
+import queue
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,9 +144,14 @@ def _free_cuda() -> None:
 
 
 class OutputPublishers:
-    """The node's output topics; each can be switched off by a publish_* parameter."""
+    """The node's output topics; each can be switched off by a publish_* parameter.
 
-    def __init__(self, node, settings):
+    `publish` hands the answer to a worker thread and returns at once, so a service response is not held back by
+    drawing the overlay (~16 ms for one mask at 640x480 here) and building point clouds. The worker publishes
+    answers in order; a full queue (a slow consumer of many continuous answers) makes `publish` wait.
+    """
+
+    def __init__(self, node, settings, queue_size: int = 8):
         from sensor_msgs.msg import Image, PointCloud2
         from std_msgs.msg import String
         from visualization_msgs.msg import MarkerArray
@@ -159,8 +166,22 @@ class OutputPublishers:
         self.answer = node.create_publisher(String, "~/answer", 10) if s.publish_answer else None
         self.points = node.create_publisher(PointCloud2, "~/points", 10) if s.publish_points else None
         self.markers = node.create_publisher(MarkerArray, "~/markers", 10) if s.publish_markers else None
+        self._pending: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._worker = threading.Thread(target=self._drain, name="lisa_outputs", daemon=True)
+        self._worker.start()
 
     def publish(self, a: Answer) -> None:
+        """Queue a successful answer for publication on every enabled topic."""
+        self._pending.put(a)
+
+    def _drain(self) -> None:
+        while (a := self._pending.get()) is not None:
+            try:
+                self.publish_now(a)
+            except Exception as e:  # noqa: BLE001 - one bad answer must not stop later publications
+                self.node.get_logger().error(f"publishing the answer failed: {type(e).__name__}: {e}")
+
+    def publish_now(self, a: Answer) -> None:
         from std_msgs.msg import String
 
         from lisa_model.visualization import PALETTE, draw_overlay
@@ -190,6 +211,9 @@ class OutputPublishers:
                                                     [f"{i}: {a.text[:40]}" for i in range(len(a.targets))]))
 
     def destroy(self) -> None:
+        """Publish what is queued, stop the worker, destroy the publishers."""
+        self._pending.put(None)
+        self._worker.join()
         for pub in (self.result, self.mask, self.overlay, self.answer, self.points, self.markers):
             if pub is not None:
                 self.node.destroy_publisher(pub)
