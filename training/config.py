@@ -93,3 +93,16 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """Command-line `key=value` overrides: the value is read as JSON when it parses (numbers, lists, quoted
+    strings), else taken as a plain string."""
+    overrides = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            overrides[key] = json.loads(value)
+        except ValueError:
+            overrides[key] = value
+    return overrides

@@ -25,7 +25,7 @@ from lisa_model import TINY_RANDOM, LisaSegmenter
 from lisa_model.loading import parse_dtype
 
 from .collate import Collator
-from .config import TrainConfig
+from .config import TrainConfig, parse_overrides
 from .data_mix import build_training_data
 from .lora import prepare_for_training, trainable_summary, unwrap
 
@@ -223,13 +223,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    overrides = {"model": args.model, "output_dir": args.output_dir}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        try:
-            overrides[key] = json.loads(value)
-        except ValueError:
-            overrides[key] = value
+    overrides = {"model": args.model, "output_dir": args.output_dir, **parse_overrides(args.set)}
     cfg = TrainConfig.load(args.config, **overrides)
     trainer = Trainer(cfg)
     trainer.train(max_steps=args.max_steps, resume=args.resume)
