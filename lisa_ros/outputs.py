@@ -86,11 +86,13 @@ def answer_frame(segmenter, settings, instruction: str, frame: Frame | None, max
             return Answer.failure(f"out of memory during inference (cache freed): {e}", instruction)
         return Answer.failure(f"inference failed: {type(e).__name__}: {e}", instruction)
     elapsed = time.perf_counter() - t0
-    probs = 1.0 / (1.0 + np.exp(-result.mask_logits))
+    # Sigmoid only of the pixels inside each mask: the score needs no others (a full-frame exp costs ms per mask).
+    scores = [float((1.0 / (1.0 + np.exp(-logits[m]))).mean()) if m.any() else 0.0
+              for logits, m in zip(result.mask_logits, result.masks)]
     masks = result.masks
     answer = Answer(success=True, instruction=instruction, text=clean_answer(result.text), header=frame.color.header,
                     image=image,
-                    masks=masks, scores=[float(p[m].mean()) if m.any() else 0.0 for p, m in zip(probs, masks)],
+                    masks=masks, scores=scores,
                     areas=[int(m.sum()) for m in masks], inference_time=elapsed)
     if len(masks) == 0:
         answer.message = "no [SEG] in the answer: text only"

@@ -9,6 +9,8 @@ py="$root/.venv/bin/python"
 model="${MODEL:-tiny-random}"
 out="$root/out/demo"
 export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-42}" ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
+# Camera-sized frames through shared memory (Fast DDS's default segment is smaller than one 640x480 frame).
+export FASTDDS_DEFAULT_PROFILES_FILE="${FASTDDS_DEFAULT_PROFILES_FILE:-$root/config/fastdds_large_data.xml}"
 mkdir -p "$out"
 [ -d "$out/scene" ] || "$py" -m lisa_ros.scenes.synthetic "$out/scene" --frames 10 >/dev/null
 
