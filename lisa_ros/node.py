@@ -11,7 +11,6 @@ services keep being served during a long inference.
 from __future__ import annotations
 
 import sys
-import threading
 import time
 
 import rclpy
@@ -23,7 +22,6 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy, qos_profile_
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
 
-from lisa_ros.msg import SegmentationResult
 from lisa_ros.srv import ReasonSegment
 
 from .diagnostics import NodeStatus, build_diagnostics

@@ -14,9 +14,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
 from training.baselines import baseline_scores
 from training.config import TrainConfig

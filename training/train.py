@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -22,7 +21,6 @@ from torch import nn
 from tqdm import tqdm
 
 from lisa_model import TINY_RANDOM, LisaSegmenter
-from lisa_model.loading import parse_dtype
 
 from .collate import Collator
 from .config import TrainConfig, parse_overrides
