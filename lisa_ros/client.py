@@ -40,11 +40,17 @@ class OneShotClient(Node):
         if not self.client.wait_for_service(timeout_sec=timeout):
             raise TimeoutError(f"service {self.client.srv_name} not available after {timeout} s")
         req = ReasonSegment.Request(instruction=instruction, max_new_tokens=max_new_tokens, explain=explain)
-        future = self.client.call_async(req)
-        rclpy.spin_until_future_complete(self, future, timeout_sec=timeout)
-        if not future.done():
-            raise TimeoutError(f"no answer within {timeout} s")
-        return future.result()
+        deadline = time.monotonic() + timeout
+        while True:
+            future = self.client.call_async(req)
+            rclpy.spin_until_future_complete(self, future, timeout_sec=max(0.0, deadline - time.monotonic()))
+            if not future.done():
+                raise TimeoutError(f"no answer within {timeout} s")
+            res = future.result()
+            # A camera that started together with the node may not have delivered its first frame yet: ask again.
+            if res.success or not res.message.startswith("no frame received yet") or time.monotonic() > deadline:
+                return res
+            rclpy.spin_once(self, timeout_sec=0.5)
 
     def overlay_for(self, stamp, wait: float = 3.0) -> Image | None:
         """The overlay published for the frame stamped `stamp` (None: the newest overlay), waiting up to `wait`."""
