@@ -38,7 +38,7 @@ def bench(name: str, config_fn, tokens: int, repeats: int) -> list[str]:
     image = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
     firsts, seconds, fulls, stage_rows = [], [], [], []
     for i in range(repeats):
-        seg._features = None  # force a new image
+        seg.clear_image_cache()  # force a new image
         r1, first = run(seg, image, f"where would I put the clothes {i}", tokens)
         r2, second = run(seg, image, f"the food with most vitamin C {i}", tokens)
         _, full = run(seg, image, f"where would I put the clothes {i}", tokens, use_cache=False)

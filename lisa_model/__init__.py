@@ -9,8 +9,10 @@ No ROS imports here: lisa_ros builds on this library, never the other way round.
 """
 from .checkpoint import CheckpointError
 from .configuration_lisa import LisaConfig, SamGeometry
+from .interruption import InferenceInterrupted
+from .memory import InsufficientMemoryError
 from .modeling.lisa import LisaForSegmentation
 from .predictor import TINY_RANDOM, LisaSegmenter, SegmentationResult
 
-__all__ = ["CheckpointError", "LisaConfig", "LisaForSegmentation", "LisaSegmenter", "SamGeometry",
-           "SegmentationResult", "TINY_RANDOM"]
+__all__ = ["CheckpointError", "InferenceInterrupted", "InsufficientMemoryError", "LisaConfig",
+           "LisaForSegmentation", "LisaSegmenter", "SamGeometry", "SegmentationResult", "TINY_RANDOM"]

@@ -11,9 +11,9 @@ from typing import Sequence, Union
 
 from .constants import IGNORE_INDEX, IM_END, IM_START, IMAGE_TOKEN, IMAGE_TOKEN_INDEX, SEG_TOKEN
 
-__all__ = ["ConversationTemplate", "CONV_TEMPLATES", "get_template", "build_prompt", "build_conversation",
-           "wrap_image_token", "IMAGE_TOKEN", "IM_START", "IM_END", "SEG_TOKEN", "IMAGE_TOKEN_INDEX",
-           "IGNORE_INDEX"]
+__all__ = ["ConversationTemplate", "CONV_TEMPLATES", "get_template", "build_prompt", "build_prompt_with_span",
+           "build_conversation", "wrap_image_token", "IMAGE_TOKEN", "IM_START", "IM_END", "SEG_TOKEN",
+           "IMAGE_TOKEN_INDEX", "IGNORE_INDEX"]
 
 STYLE_TWO = "two"  # "{system} USER: q ASSISTANT: a</s>USER: ..."
 STYLE_LLAMA_2 = "llama_2"  # "[INST] <<SYS>>\n{system}\n<</SYS>>\n\nq [/INST] a </s><s>[INST] ..."
@@ -106,9 +106,19 @@ def wrap_image_token(text: str, use_im_start_end: bool = True) -> str:
 def build_prompt(instruction: str, template: TemplateLike = "llava_v1", use_im_start_end: bool = True) -> str:
     """The inference prompt of the reference's chat.py: image + instruction as the user turn, then an open
     assistant turn for the model to complete."""
+    return build_prompt_with_span(instruction, template, use_im_start_end)[0]
+
+
+def build_prompt_with_span(instruction: str, template: TemplateLike = "llava_v1", use_im_start_end: bool = True
+                           ) -> tuple[str, tuple[int, int]]:
+    """(prompt, (start, end)): the prompt and where the instruction sits in it, so a tokenizer can keep the
+    caller's text literal. An "<image>" inside the instruction is left as written (chat.py would wrap it too,
+    which only matters when the caller wants it parsed - the tokenizer then sees a second image either way)."""
     tpl = get_template(template)
-    user = wrap_image_token(IMAGE_TOKEN + "\n" + instruction, use_im_start_end)
-    return tpl.format([(tpl.roles[0], user), (tpl.roles[1], "")])
+    user = wrap_image_token(IMAGE_TOKEN + "\n", use_im_start_end) + instruction
+    prompt = tpl.format([(tpl.roles[0], user), (tpl.roles[1], "")])
+    end = prompt.index(user) + len(user)
+    return prompt, (end - len(instruction), end)
 
 
 def build_conversation(turns: Sequence[tuple[str, str]], template: TemplateLike = "llava_v1") -> str:

@@ -6,11 +6,14 @@ reference's full recompute (for the benchmark; outputs agree within ~3e-7).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from transformers import DynamicCache
 
+from .interruption import InferenceInterrupted
 from .modeling.lisa import LisaForSegmentation
 
 
@@ -28,18 +31,29 @@ class GenerationOutput:
 @torch.no_grad()
 def greedy_generate(model: LisaForSegmentation, inputs_embeds: torch.Tensor, max_new_tokens: int,
                     eos_token_id: int, seg_token_id: int, use_cache: bool = True,
-                    prompt_seg_states: torch.Tensor | None = None) -> GenerationOutput:
+                    prompt_seg_states: torch.Tensor | None = None,
+                    on_token: Callable[[list[int]], None] | None = None) -> GenerationOutput:
     """Greedy decoding from spliced prompt embeddings [1, T, H].
 
     prompt_seg_states: states for [SEG] tokens already in the prompt (the reference turns those into masks
     too); they come first in the output, as they do in the reference.
+    on_token: called with the ids so far after every generated token (progress reports).
+    An InferenceInterrupted raised by a layer hook (see interruption.py) leaves with the ids generated so far.
     """
-    import time
+    ids: list[int] = []
+    try:
+        return _generate(model, inputs_embeds, max_new_tokens, eos_token_id, seg_token_id, use_cache,
+                         prompt_seg_states, on_token, ids)
+    except InferenceInterrupted as e:
+        e.output_ids, e.stage = list(ids), "generating"
+        raise
 
+
+def _generate(model, inputs_embeds, max_new_tokens, eos_token_id, seg_token_id, use_cache, prompt_seg_states,
+              on_token, ids: list[int]) -> GenerationOutput:
     lm = model.model.language_model
     embed = lm.get_input_embeddings()
     cache = DynamicCache(config=model.config.text_config) if use_cache else None
-    ids: list[int] = []
     seg_states = [] if prompt_seg_states is None else list(prompt_seg_states)
 
     t0 = time.perf_counter()
@@ -55,6 +69,8 @@ def greedy_generate(model: LisaForSegmentation, inputs_embeds: torch.Tensor, max
         ids.append(token)
         if token == seg_token_id:
             seg_states.append(state[0])
+        if on_token is not None:
+            on_token(ids)
         if step == max_new_tokens - 1:
             break  # the last token needs no state: nothing follows it
         t0 = time.perf_counter()

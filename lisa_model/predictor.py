@@ -8,15 +8,19 @@ from __future__ import annotations
 import gc
 import hashlib
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from .checkpoint import CheckpointError
-from .conversation import build_prompt
+from .constants import IMAGE_TOKEN_INDEX
+from .conversation import build_prompt_with_span
 from .generation import greedy_generate
+from .interruption import InferenceInterrupted, StopCheck, interrupt_points, stoppable
 from .loading import cast_parameters, load_model, parse_dtype, resolve_folder
 from .modeling.lisa import LisaForSegmentation
 from .preprocessing import ClipPreprocessor, SamPreprocessor, check_image
@@ -37,10 +41,13 @@ class SegmentationResult:
     mask_logits: np.ndarray
     input_ids: list[int] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what went wrong without losing the answer (e.g. decoding)
 
 
 @dataclass
-class _ImageFeatures:
+class ImageFeatures:
+    """What the model keeps of one image: reused by every question about it."""
+
     key: str
     clip_tokens: torch.Tensor  # [1, P, H]
     sam_embedding: torch.Tensor  # [1, 256, g, g]
@@ -56,15 +63,22 @@ class LisaSegmenter:
         self.clip_preprocessor = clip_preprocessor or ClipPreprocessor(size=model.config.vision_config.image_size,
                                                                        crop=model.config.vision_config.image_size)
         self.sam_preprocessor = SamPreprocessor(model.sam.image_encoder.img_size)
-        self._features: _ImageFeatures | None = None
+        # Two images: the newest camera frame (prefetched while idle) and the one the last question was about.
+        self._cache: OrderedDict[str, ImageFeatures] = OrderedDict()
+        self.cache_size = 2
+        self._stop_points = interrupt_points(model)
 
     # ----- construction -----------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path_or_id: str | Path, vision_tower: str | Path | None = None, device: str = "cpu",
                         dtype: str | torch.dtype = "float32", conv_template: str | None = None,
-                        load_in_8bit: bool = False, load_in_4bit: bool = False) -> "LisaSegmenter":
+                        load_in_8bit: bool = False, load_in_4bit: bool = False, check_memory: bool = True,
+                        memory_limit_bytes: int | None = None) -> "LisaSegmenter":
         """Load a released LISA checkpoint, one saved by `save_pretrained`, or "tiny-random" (offline, random
-        weights: its masks are meaningless)."""
+        weights: its masks are meaningless).
+
+        check_memory: before reading any weight, estimate what the dtype / quantisation needs and raise
+        InsufficientMemoryError when it exceeds `memory_limit_bytes` (default: free RAM, or free VRAM on CUDA)."""
         torch_dtype = parse_dtype(dtype)
         if load_in_8bit or load_in_4bit:
             from .quantization import check_quantization_available
@@ -80,6 +94,12 @@ class LisaSegmenter:
                 seg.model.config.conv_template = conv_template
             return seg
         folder = resolve_folder(path_or_id, "model")
+        if check_memory:
+            from .memory import check_fits, estimate_checkpoint
+
+            bits = 8 if load_in_8bit else 4 if load_in_4bit else None
+            check_fits(estimate_checkpoint(folder, vision_tower), torch_dtype, bits, device, str(path_or_id),
+                       memory_limit_bytes)
         tokenizer = LisaTokenizer.from_pretrained(folder)
         model = load_model(folder, vision_tower, tokenizer.seg_token_id, conv_template, torch_dtype, device,
                            name=str(path_or_id))
@@ -113,7 +133,8 @@ class LisaSegmenter:
 
     def release(self) -> None:
         """Drop the model and cached features and give CUDA memory back (lifecycle deactivate/cleanup)."""
-        self._features = None
+        self._cache.clear()
+        self._stop_points = []
         self.model = None  # type: ignore[assignment]
         gc.collect()
         if torch.cuda.is_available():
@@ -124,13 +145,33 @@ class LisaSegmenter:
     def image_key(image: np.ndarray) -> str:
         return f"{image.shape}:{hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest()}"
 
+    def is_cached(self, image: np.ndarray) -> bool:
+        """True when `image`'s CLIP tokens and SAM embedding are already computed (a question costs no encoding)."""
+        return self.image_key(np.ascontiguousarray(image)) in self._cache
+
+    def clear_image_cache(self) -> None:
+        self._cache.clear()
+
+    @property
+    def _features(self) -> ImageFeatures | None:
+        """The most recently used image's features (None when nothing is cached)."""
+        return next(reversed(self._cache.values()), None)
+
     @torch.no_grad()
-    def set_image(self, image: np.ndarray, timings: dict[str, float] | None = None) -> None:
-        """Compute (or reuse) the CLIP tokens and SAM embedding of `image` (HxWx3 uint8 RGB)."""
+    def set_image(self, image: np.ndarray, timings: dict[str, float] | None = None,
+                  should_stop: StopCheck | None = None) -> ImageFeatures:
+        """Compute (or reuse) the CLIP tokens and SAM embedding of `image` (HxWx3 uint8 RGB).
+        should_stop: checked before every encoder layer; a reason raises InferenceInterrupted (nothing cached)."""
+        with stoppable(self._stop_points, should_stop):
+            return self._encode(image, timings)
+
+    def _encode(self, image: np.ndarray, timings: dict[str, float] | None = None) -> ImageFeatures:
         image = check_image(image)
+        self.sam_preprocessor.check_size(*image.shape[:2])
         key = self.image_key(image)
-        if self._features is not None and self._features.key == key:
-            return
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
         timings = {} if timings is None else timings
         t0 = time.perf_counter()
         clip_pixels = self.clip_preprocessor(image)
@@ -141,29 +182,82 @@ class LisaSegmenter:
         sam_embedding = self.model.sam_embedding(sam_pixels.to(self.device))
         t3 = time.perf_counter()
         timings.update(preprocess=t1 - t0, clip=t2 - t1, sam_encoder=t3 - t2)
-        self._features = _ImageFeatures(key, clip_tokens, sam_embedding, input_size, image.shape[:2])
+        self._cache[key] = ImageFeatures(key, clip_tokens, sam_embedding, input_size, image.shape[:2])
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return self._cache[key]
 
-    # ----- inference --------------------------------------------------------------------------------------------
-    def prompt_ids(self, instruction: str) -> list[int]:
-        prompt = build_prompt(instruction, self.model.config.conv_template, self.model.config.mm_use_im_start_end)
-        return self.tokenizer.encode_prompt(prompt)
+    # ----- inference ------------------------------------------------------------------------------------------
+    def prompt_ids(self, instruction: str, parse_special_tokens: bool = False) -> list[int]:
+        """The prompt's ids (IMAGE_TOKEN_INDEX where the image goes). parse_special_tokens: see `segment`."""
+        cfg = self.model.config
+        prompt, span = build_prompt_with_span(instruction, cfg.conv_template, cfg.mm_use_im_start_end)
+        ids = self.tokenizer.encode_prompt(prompt, literal=None if parse_special_tokens else span)
+        if ids.count(IMAGE_TOKEN_INDEX) != 1:
+            raise ValueError("the instruction contains '<image>', which parse_special_tokens=True turns into a "
+                             "second image placeholder; the model takes one image per question")
+        return ids
+
+    def check_context(self, input_ids: list[int], max_new_tokens: int, instruction: str = "") -> None:
+        """Raise ValueError when prompt + image tokens + max_new_tokens exceed the language model's positions,
+        saying how long the instruction may be (the reference would run on past them, untrained)."""
+        cfg = self.model.config
+        limit = cfg.text_config.max_position_embeddings
+        prompt_len = len(input_ids) - 1 + cfg.num_image_tokens
+        if prompt_len + max_new_tokens <= limit:
+            return
+        fixed = len(self.prompt_ids("")) - 1 + cfg.num_image_tokens  # template + image, without the instruction
+        room = limit - fixed - max_new_tokens
+        used = max(1, prompt_len - fixed)
+        chars = f" (about {int(room * len(instruction) / used)} characters like these)" if instruction else ""
+        advice = (f"the instruction may be at most {room} tokens{chars} with max_new_tokens={max_new_tokens}"
+                  if room > 0 else f"max_new_tokens must be below {limit - fixed}")
+        raise ValueError(f"instruction too long for the model's context: {prompt_len} prompt tokens (image "
+                         f"included) + max_new_tokens {max_new_tokens} > {limit} positions; {advice}")
 
     @torch.no_grad()
     def segment(self, image: np.ndarray, instruction: str, max_new_tokens: int = 32, explain: bool = False,
-                use_cache: bool = True) -> SegmentationResult:
-        """Answer `instruction` about `image` (HxWx3 uint8 RGB); one mask per generated [SEG]."""
+                use_cache: bool = True, parse_special_tokens: bool = False, should_stop: StopCheck | None = None,
+                on_progress: Callable[[str, list[int]], None] | None = None,
+                max_masks: int | None = None) -> SegmentationResult:
+        """Answer `instruction` about `image` (HxWx3 uint8 RGB); one mask per generated [SEG].
+
+        parse_special_tokens: False (default) takes the instruction as plain text - "[SEG]", "</s>", "<image>"
+        in it are spelled out, never control tokens, so no caller can forge a mask or end the prompt early. True
+        is the reference's behaviour (chat.py): a typed "[SEG]" yields a mask, "</s>" is end-of-sequence.
+        should_stop: checked before every model layer; a reason raises InferenceInterrupted carrying the stage,
+        the ids and the text generated so far. on_progress(stage, ids): "encoding_image" (only when the image is
+        not cached), "generating" after each token, "decoding_masks". max_masks: decode at most this many masks
+        (the first ones; a note says how many [SEG] were left without a mask) - each costs a full-size logit map.
+        """
         if not isinstance(instruction, str) or not instruction.strip():
             raise ValueError("instruction is empty")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if explain and EXPLAIN_SUFFIX not in instruction:
             instruction = f"{instruction.strip()} {EXPLAIN_SUFFIX}"
-        timings: dict[str, float] = {}
-        self.set_image(image, timings)
-        feats = self._features
+        input_ids = self.prompt_ids(instruction, parse_special_tokens)
+        self.check_context(input_ids, max_new_tokens, instruction)
+        progress = on_progress or (lambda stage, ids: None)
+        stage = "encoding_image"
+        try:
+            with stoppable(self._stop_points, should_stop):
+                if not self.is_cached(image):
+                    progress(stage, [])
+                timings: dict[str, float] = {}
+                feats = self._encode(image, timings)
+                stage = "generating"
+                progress(stage, [])
+                return self._answer(feats, input_ids, max_new_tokens, use_cache, timings, progress, max_masks)
+        except InferenceInterrupted as e:
+            e.stage = e.stage or stage
+            e.text = self.decode(e.output_ids)[0]
+            raise
+
+    def _answer(self, feats: ImageFeatures, input_ids: list[int], max_new_tokens: int, use_cache: bool,
+                timings: dict[str, float], progress, max_masks: int | None = None) -> SegmentationResult:
         model, cfg = self.model, self.model.config
         t0 = time.perf_counter()
-        input_ids = self.prompt_ids(instruction)
         ids = torch.tensor([input_ids], device=self.device)
         embeds, _, _ = model.splice_image(ids, feats.clip_tokens)
         prompt_seg = None
@@ -172,21 +266,56 @@ class LisaSegmenter:
             prompt_seg = model.language_states(embeds)[0, positions]
         timings["tokenize"] = time.perf_counter() - t0
         gen = greedy_generate(model, embeds, max_new_tokens, self.tokenizer.eos_token_id, cfg.seg_token_id,
-                              use_cache=use_cache, prompt_seg_states=prompt_seg)
+                              use_cache=use_cache, prompt_seg_states=prompt_seg,
+                              on_token=lambda so_far: progress("generating", so_far))
         timings["prefill"] = gen.prefill_time
         timings["decode_per_token"] = float(np.mean(gen.step_times)) if gen.step_times else 0.0
         timings["decode_total"] = float(np.sum(gen.step_times))
         t1 = time.perf_counter()
         h, w = feats.original_size
-        if len(gen.seg_states):
-            logits = model.masks_from_states(gen.seg_states, feats.sam_embedding, feats.input_size, (h, w))
+        seg_states, notes = gen.seg_states, []
+        if max_masks is not None and len(seg_states) > max_masks:
+            notes.append(f"{len(seg_states)} [SEG] tokens; masks decoded for the first {max_masks} only")
+            seg_states = seg_states[:max_masks]
+        if len(seg_states):
+            progress("decoding_masks", gen.ids)
+            logits = model.masks_from_states(seg_states, feats.sam_embedding, feats.input_size, (h, w))
             logits_np = logits.float().cpu().numpy()
         else:
             logits_np = np.zeros((0, h, w), np.float32)
         t2 = time.perf_counter()
-        text = self.tokenizer.decode(gen.ids)
-        masks = logits_np > 0
+        text, decode_notes = self.decode(gen.ids)
         timings["mask_decode"] = t2 - t1
         timings["postprocess"] = time.perf_counter() - t2
-        return SegmentationResult(text=text, output_ids=gen.ids, masks=masks, mask_logits=logits_np,
-                                  input_ids=input_ids, timings=timings)
+        return SegmentationResult(text=text, output_ids=gen.ids, masks=logits_np > 0, mask_logits=logits_np,
+                                  input_ids=input_ids, timings=timings, notes=notes + decode_notes)
+
+    def decode(self, ids: list[int]) -> tuple[str, list[str]]:
+        """Text of `ids`; ids the tokenizer cannot decode (an lm_head wider than the vocabulary) are dropped
+        with a note rather than losing the masks already computed."""
+        try:
+            return self.tokenizer.decode(ids), []
+        except Exception as e:  # noqa: BLE001 - any decoding failure: keep what can be decoded
+            known = [i for i in ids if 0 <= i < self.tokenizer.vocab_size]
+            dropped = len(ids) - len(known)
+            try:
+                text = self.tokenizer.decode(known)
+            except Exception:  # noqa: BLE001
+                text = ""
+            return text, [f"text decoding failed ({type(e).__name__}: {e}); {dropped} undecodable id(s) dropped"]
+
+    @torch.no_grad()
+    def warm_up(self) -> float:
+        """Make the first question cost what later ones cost: read every weight (memory-mapped checkpoints load
+        their pages on first use) and run each stage once on a small blank image. Returns seconds."""
+        t0 = time.perf_counter()
+        for p in self.model.parameters():
+            p.detach().sum()
+        blank = np.zeros((32, 32, 3), np.uint8)
+        feats = self._encode(blank)
+        self._answer(feats, self.prompt_ids("warm up"), 2, True, {}, lambda stage, ids: None)
+        hidden = self.model.config.text_config.hidden_size
+        state = torch.zeros((1, hidden), dtype=self.model.lm_head.weight.dtype, device=self.device)
+        self.model.masks_from_states(state, feats.sam_embedding, feats.input_size, feats.original_size)
+        self._cache.pop(feats.key, None)
+        return time.perf_counter() - t0

@@ -79,6 +79,15 @@ class SamPreprocessor:
 
     image_size: int = 1024
 
+    def check_size(self, h: int, w: int) -> None:
+        """Refuse (ValueError about the image) a shape whose shorter side SAM's resize would round to 0 px."""
+        if min(sam_resize_shape(h, w, self.image_size)) >= 1:
+            return
+        need = -(-max(h, w) // (2 * self.image_size))  # the shorter side must round to >= 1 px
+        raise ValueError(f"image {w}x{h} (width x height) is too elongated: SAM scales its longer side to "
+                         f"{self.image_size} px, which leaves the shorter side at 0 px; the shorter side must be "
+                         f"at least {need} px for this length (aspect ratio up to about {2 * self.image_size}:1)")
+
     def __call__(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         """image: HxWx3 uint8 RGB -> ([1, 3, S, S] float32, resized (h, w) before padding)."""
         h, w = sam_resize_shape(*image.shape[:2], self.image_size)

@@ -218,10 +218,13 @@ class LisaTokenizer:
         return [self.convert_ids_to_tokens(int(i)) for i in ids]
 
     # ----- encoding ---------------------------------------------------------------------------------------------
-    def encode(self, text: str, add_bos: bool = True) -> list[int]:
-        """Text -> ids as the reference's ``tokenizer(text).input_ids`` ("<image>" is plain text here)."""
-        chunks = self._split_re.split(text)
-        # re.split with a group alternates text (even index) and no-split tokens (odd index)
+    def encode(self, text: str, add_bos: bool = True, literal: tuple[int, int] | None = None) -> list[int]:
+        """Text -> ids as the reference's ``tokenizer(text).input_ids`` ("<image>" is plain text here).
+
+        literal: a (start, end) character span of `text` that is plain text whatever it spells: a "[SEG]" or
+        "</s>" inside it is encoded as characters, never as the control token (a caller's instruction)."""
+        chunks = self._split(text, literal)
+        # chunks alternate text (even index) and no-split tokens (odd index), as re.split with a group does
         for i in range(1, len(chunks), 2):
             lstrip, rstrip = self._strip[chunks[i]]
             if lstrip:
@@ -236,10 +239,33 @@ class LisaTokenizer:
                 ids.extend(self._sp.encode(chunk))  # sentencepiece adds the "▁" dummy prefix to every chunk
         return ids
 
-    def encode_prompt(self, prompt: str) -> list[int]:
+    def _split(self, text: str, literal: tuple[int, int] | None) -> list[str]:
+        """`re.split` on the no-split tokens, skipping matches that touch the literal span."""
+        parts, pos = [], 0
+        for m in self._split_re.finditer(text):
+            if literal is not None and m.start() < literal[1] and m.end() > literal[0]:
+                continue
+            parts += [text[pos:m.start()], m.group()]
+            pos = m.end()
+        parts.append(text[pos:])
+        return parts
+
+    def encode_prompt(self, prompt: str, literal: tuple[int, int] | None = None) -> list[int]:
         """A prompt with "<image>" -> ids with IMAGE_TOKEN_INDEX where the image goes (tokenizer_image_token):
-        each piece between images is encoded with bos, and the bos of every piece but the first is dropped."""
-        pieces = [self.encode(p) for p in prompt.split(IMAGE_TOKEN)]
+        each piece between images is encoded with bos, and the bos of every piece but the first is dropped.
+        literal: a character span of `prompt` taken as plain text (see `encode`); an "<image>" in it is text."""
+        bounds, pos = [], 0
+        for m in re.finditer(re.escape(IMAGE_TOKEN), prompt):
+            if literal is None or not (m.start() < literal[1] and m.end() > literal[0]):
+                bounds.append((pos, m.start()))
+                pos = m.end()
+        bounds.append((pos, len(prompt)))
+        pieces = []
+        for start, end in bounds:
+            span = None
+            if literal is not None and literal[0] < end and literal[1] > start:
+                span = (max(literal[0], start) - start, min(literal[1], end) - start)
+            pieces.append(self.encode(prompt[start:end], literal=span))
         ids = list(pieces[0])
         drop = 1 if ids and ids[0] == self.bos_token_id else 0
         for piece in pieces[1:]:

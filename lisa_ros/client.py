@@ -1,9 +1,11 @@
 """Ask a running lisa_node one question and save what it saw (the demo's and a user's quick check).
 
-    python -m lisa_ros.client "where would I put the clothes" --out out/demo [--node /lisa_node]
+    python -m lisa_ros.client "where would I put the clothes" --out out/demo [--node /lisa_node] [--action]
 
 Calls <node>/reason_segment on the latest camera frame, saves the overlay published for that answer, one PNG
 per mask and a JSON (answer, areas, 3D targets), and prints the answer. Exit code 0 only when success=true.
+--action uses the ReasonSegment action instead of the service: a live progress line (stage, text so far,
+tokens/s) on stderr, and Ctrl-C cancels the goal (the node stops at once and answers with the partial text).
 """
 from __future__ import annotations
 
@@ -15,12 +17,22 @@ from pathlib import Path
 
 import cv2
 import rclpy
+from rclpy.action import ActionClient
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
+from lisa_ros.action import ReasonSegment as ReasonSegmentAction
 from lisa_ros.srv import ReasonSegment
 
 from .image_conversion import image_to_rgb
+
+
+def progress_line(fb) -> None:
+    """One status line, rewritten in place: stage, tokens, rate, the end of the text so far."""
+    rate = f" {fb.tokens_per_second:.1f} tok/s" if fb.tokens_per_second else ""
+    where = f" ({fb.queue_position} ahead)" if fb.stage == "waiting" else ""
+    line = f"[{fb.elapsed:6.1f} s] {fb.stage}{where} {fb.generated_tokens} tokens{rate} | {fb.text[-60:]}"
+    print("\r" + line.ljust(110)[:110], end="", file=sys.stderr, flush=True)
 
 
 def target_summary(t) -> dict:
@@ -30,27 +42,60 @@ def target_summary(t) -> dict:
 
 
 class OneShotClient(Node):
-    def __init__(self, node: str):
+    def __init__(self, node: str, use_action: bool = False):
         super().__init__("lisa_client")
-        self.client = self.create_client(ReasonSegment, f"{node}/reason_segment")
+        name = self.target = f"{node}/reason_segment"
+        self.action = ActionClient(self, ReasonSegmentAction, name) if use_action else None
+        self.client = None if use_action else self.create_client(ReasonSegment, name)
         self.overlays: list[Image] = []
         self.create_subscription(Image, f"{node}/overlay", self.overlays.append, 10)
 
     def ask(self, instruction: str, timeout: float, max_new_tokens: int, explain: bool):
-        if not self.client.wait_for_service(timeout_sec=timeout):
-            raise TimeoutError(f"service {self.client.srv_name} not available after {timeout} s")
-        req = ReasonSegment.Request(instruction=instruction, max_new_tokens=max_new_tokens, explain=explain)
+        ready = (self.action.wait_for_server(timeout_sec=timeout) if self.action is not None
+                 else self.client.wait_for_service(timeout_sec=timeout))
+        if not ready:
+            raise TimeoutError(f"{'action' if self.action else 'service'} {self.target} not available after "
+                               f"{timeout} s")
+        fields = dict(instruction=instruction, max_new_tokens=max_new_tokens, explain=explain)
         deadline = time.monotonic() + timeout
         while True:
-            future = self.client.call_async(req)
-            rclpy.spin_until_future_complete(self, future, timeout_sec=max(0.0, deadline - time.monotonic()))
-            if not future.done():
-                raise TimeoutError(f"no answer within {timeout} s")
-            res = future.result()
+            res = self._ask_action(ReasonSegmentAction.Goal(**fields), deadline) if self.action is not None \
+                else self._call(ReasonSegment.Request(**fields), deadline)
             # A camera that started together with the node may not have delivered its first frame yet: ask again.
             if res.success or not res.message.startswith("no frame received yet") or time.monotonic() > deadline:
                 return res
             rclpy.spin_once(self, timeout_sec=0.5)
+
+    def _call(self, req, deadline: float):
+        future = self.client.call_async(req)
+        rclpy.spin_until_future_complete(self, future, timeout_sec=max(0.0, deadline - time.monotonic()))
+        if not future.done():
+            raise TimeoutError(f"no answer from {self.target} in time")
+        return future.result()
+
+    def _ask_action(self, goal, deadline: float):
+        """Send the goal, print its feedback as one live line, cancel it on Ctrl-C; the result's fields."""
+        sent = self.action.send_goal_async(goal, feedback_callback=lambda m: progress_line(m.feedback))
+        rclpy.spin_until_future_complete(self, sent, timeout_sec=max(0.0, deadline - time.monotonic()))
+        if not sent.done() or not sent.result().accepted:
+            raise TimeoutError("the goal was not accepted in time")
+        handle = sent.result()
+        result = handle.get_result_async()
+        try:
+            while not result.done():
+                if time.monotonic() > deadline:
+                    handle.cancel_goal_async()
+                    raise TimeoutError("no answer in time (goal cancelled)")
+                rclpy.spin_once(self, timeout_sec=0.1)
+        except KeyboardInterrupt:
+            print("\ncancelling ...", file=sys.stderr)
+            cancel = handle.cancel_goal_async()
+            rclpy.spin_until_future_complete(self, cancel, timeout_sec=5.0)
+            rclpy.spin_until_future_complete(self, result, timeout_sec=10.0)
+            if not result.done():
+                raise TimeoutError("the node did not end the cancelled goal")
+        print(file=sys.stderr)
+        return result.result().result
 
     def overlay_for(self, stamp, wait: float = 3.0) -> Image | None:
         """The overlay published for the frame stamped `stamp` (None: the newest overlay), waiting up to `wait`."""
@@ -72,9 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--max-new-tokens", type=int, default=0)
     p.add_argument("--explain", action="store_true")
+    p.add_argument("--action", action="store_true", help="use the action: live progress, Ctrl-C cancels")
     args = p.parse_args(argv)
     rclpy.init()
-    client = OneShotClient(args.node)
+    client = OneShotClient(args.node, args.action)
     try:
         res = client.ask(args.instruction, args.timeout, args.max_new_tokens, args.explain)
         out = Path(args.out)

@@ -1,7 +1,8 @@
 """The node's health on /diagnostics (diagnostic_msgs/DiagnosticArray), the topic robot monitors and rqt read.
 
-One DiagnosticStatus per node: whether the model is loaded, how fast colour frames arrive, how old the newest
-one is, how many requests were answered / refused, and how long the last inference took. Published from the
+One DiagnosticStatus per node: whether the model is loaded (or why it is not), how fast colour frames arrive, how
+old the newest one is, how many requests were answered / refused, how long the last inference and the warm-up
+took, and how many frames prefetch encoded. Published from the
 intake callback group, so it keeps coming while an inference runs (a stalled counter there means stalled intake).
 """
 from __future__ import annotations
@@ -20,6 +21,8 @@ class NodeStatus:
         self.answered = 0  # requests and continuous-mode answers that succeeded
         self.failed = 0  # answered with success=false (bad input, busy, model inactive, ...)
         self.last_inference_s = 0.0
+        self.warmup_s = 0.0  # the last activation's warm-up
+        self.last_error = ""  # why the last configure / activate failed (empty once the model is loaded)
         self._rate_window: tuple[float, int] | None = None  # (monotonic time, frames received) at the last report
 
     def count(self, success: bool, inference_s: float) -> None:
@@ -53,6 +56,8 @@ def build_diagnostics(node, status: NodeStatus, stale_after: float):
     problems = []
     if node.segmenter is None:
         problems.append("model not loaded (lifecycle state is not active)")
+    if status.last_error:
+        problems.append(status.last_error)
     if latest is None:
         problems.append(f"no frame received yet on {s.color_topic}")
     elif age > stale_after:
@@ -67,6 +72,11 @@ def build_diagnostics(node, status: NodeStatus, stale_after: float):
         "requests_failed": str(status.failed),
         "requests_pending": str(node.queue.pending),
         "last_inference_s": f"{status.last_inference_s:.3f}",
+        "warmup_s": f"{status.warmup_s:.3f}",
+        "prefetch": str(s.prefetch),
+        "frames_prefetched": str(node.prefetcher.encoded),
+        "prefetches_abandoned": str(node.prefetcher.abandoned),
+        "last_error": status.last_error,
     }
     entry = DiagnosticStatus(
         level=DiagnosticStatus.WARN if problems else DiagnosticStatus.OK,

@@ -3,10 +3,12 @@
     ros2 run lisa_ros lisa_node --ros-args -p model:=xinlai/LISA-7B-v1 -p device:=cuda -p dtype:=bfloat16
     python -m lisa_ros.node --ros-args -p model:=tiny-random        # where there is no `ros2` command
 
-Lifecycle: configure -> subscriptions, publishers, the ~/reason_segment service; activate -> the model is
-loaded; deactivate -> the model is freed (CUDA memory released); cleanup -> everything is torn down.
+Lifecycle: configure -> subscriptions, publishers, the ~/reason_segment service and action; activate -> the
+model is loaded (after a memory check) and warmed up; deactivate -> the running inference is stopped and the model
+freed (CUDA memory released); cleanup -> everything is torn down. /diagnostics reports from construction on.
 Inference runs in its own callback group on a multi-threaded executor, so frames, parameters and lifecycle
-services keep being served during a long inference.
+services keep being served during a long inference; every model layer checks whether the request was cancelled,
+ran out of time, or the node is deactivating or shutting down (SIGINT / SIGTERM), so none of them waits long.
 """
 from __future__ import annotations
 
@@ -24,11 +26,14 @@ from std_msgs.msg import String
 
 from lisa_ros.srv import ReasonSegment
 
+from .action_server import ReasonSegmentActionServer
+from .answering import WAITING, Answer, Request, answer_request
 from .diagnostics import NodeStatus, build_diagnostics
 from .frames import FrameStore
-from .outputs import Answer, OutputPublishers, answer_frame
+from .outputs import OutputPublishers
 from .parameters import NodeSettings, declare_all, read_all
-from .request_queue import Busy, RequestQueue
+from .prefetch import Prefetcher
+from .request_queue import Abandoned, Busy, RequestQueue
 
 
 class LisaNode(LifecycleNode):
@@ -42,13 +47,24 @@ class LisaNode(LifecycleNode):
         self.intake_group = ReentrantCallbackGroup()  # frames: never blocked by inference
         self.request_group = ReentrantCallbackGroup()  # service calls wait in the RequestQueue, not the executor
         self.continuous_group = MutuallyExclusiveCallbackGroup()
+        self.prefetch_group = MutuallyExclusiveCallbackGroup()
         self._standing_instruction = ""
         self._last_continuous_sequence = -1
         self._entities: list = []
         self.outputs: OutputPublishers | None = None
-        self._timer = None
+        self._action: ReasonSegmentActionServer | None = None
+        self._timers: list = []
         self.status = NodeStatus()
-        self._diagnostics = None  # (publisher, timer) while configured
+        self.prefetcher = Prefetcher(self)
+        self.stop_reason: str | None = None  # set: every running or waiting inference stops with this reason
+        self.context.on_shutdown(self._on_context_shutdown)
+        # Diagnostics from construction on, so a node that fails to configure or activate still says why.
+        self._diagnostics = None
+        if self.settings.diagnostics_period > 0:
+            publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+            timer = self.create_timer(self.settings.diagnostics_period, self._publish_diagnostics,
+                                      callback_group=self.intake_group)
+            self._diagnostics = (publisher, timer)
         if self.settings.autostart:
             # Transitions from the constructor are allowed: nothing spins yet, and the model loads synchronously.
             if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
@@ -59,7 +75,8 @@ class LisaNode(LifecycleNode):
         try:
             self.settings = read_all(self)
         except ValueError as e:
-            self.get_logger().error(f"bad parameter: {e}")
+            self.status.last_error = f"configure failed, bad parameter: {e}"
+            self.get_logger().error(self.status.last_error)
             return TransitionCallbackReturn.FAILURE
         s = self.settings
         self.frames = FrameStore(s.sync_tolerance)
@@ -81,13 +98,13 @@ class LisaNode(LifecycleNode):
         self.outputs = OutputPublishers(self, s)
         self._entities.append(self.create_service(ReasonSegment, "~/reason_segment", self._on_request,
                                                   callback_group=self.request_group))
+        self._action = ReasonSegmentActionServer(self, self.request_group)
         if s.continuous_rate > 0:
-            self._timer = self.create_timer(1.0 / s.continuous_rate, self._on_continuous_tick,
-                                            callback_group=self.continuous_group)
-        if s.diagnostics_period > 0:
-            publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-            timer = self.create_timer(s.diagnostics_period, self._publish_diagnostics, callback_group=g)
-            self._diagnostics = (publisher, timer)
+            self._timers.append(self.create_timer(1.0 / s.continuous_rate, self._on_continuous_tick,
+                                                  callback_group=self.continuous_group))
+        if s.prefetch:
+            self._timers.append(self.create_timer(1.0 / s.prefetch_rate, self.prefetcher.tick,
+                                                  callback_group=self.prefetch_group))
         self.get_logger().info("configured")
         return TransitionCallbackReturn.SUCCESS
 
@@ -95,47 +112,62 @@ class LisaNode(LifecycleNode):
         from lisa_model import LisaSegmenter  # heavy import, only when a model is wanted
 
         s = self.settings
+        self.stop_reason = None
         t0 = time.perf_counter()
         try:
-            self.segmenter = LisaSegmenter.from_pretrained(
+            segmenter = LisaSegmenter.from_pretrained(
                 s.model, vision_tower=s.vision_tower or None, device=s.device, dtype=s.dtype,
-                conv_template=s.conv_template or None, load_in_8bit=s.load_in_8bit, load_in_4bit=s.load_in_4bit)
+                conv_template=s.conv_template or None, load_in_8bit=s.load_in_8bit, load_in_4bit=s.load_in_4bit,
+                check_memory=s.memory_limit_mb >= 0,
+                memory_limit_bytes=s.memory_limit_mb * 2**20 if s.memory_limit_mb > 0 else None)
+            loaded = time.perf_counter() - t0
+            self.status.warmup_s = segmenter.warm_up() if s.warmup else 0.0
         except Exception as e:  # noqa: BLE001 - a bad checkpoint must not kill the node
-            self.get_logger().error(f"cannot load model {s.model!r}: {e}")
+            self.status.last_error = f"cannot load model {s.model!r}: {e}"
+            self.get_logger().error(self.status.last_error)
             return TransitionCallbackReturn.FAILURE
-        self.get_logger().info(f"model {s.model!r} loaded on {s.device} ({s.dtype}) in {time.perf_counter() - t0:.1f} s")
+        self.segmenter = segmenter
+        self.status.last_error = ""
+        self.get_logger().info(f"model {s.model!r} loaded on {s.device} ({s.dtype}) in {loaded:.1f} s"
+                               + (f", warmed up in {self.status.warmup_s:.1f} s" if s.warmup else ""))
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release_model()
+        self._release_model("node deactivating")
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release_model()
+        self._release_model("node cleaning up")
         self._teardown()
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release_model()
+        self._release_model("node shutting down")
         self._teardown()
         return TransitionCallbackReturn.SUCCESS
 
-    def _release_model(self) -> None:
-        with self.queue.turn(bounded=False):  # wait for a running inference to finish before freeing its model
+    def stop_inference(self, reason: str) -> None:
+        """Make the running inference and every waiting request end now (within one model layer)."""
+        self.stop_reason = reason
+
+    def _on_context_shutdown(self) -> None:  # SIGINT / SIGTERM shut the context down before spin returns
+        self.stop_inference("node shutting down")
+
+    def _release_model(self, reason: str) -> None:
+        self.stop_inference(reason)
+        with self.queue.turn(bounded=False):  # the running inference stops at its next layer; then free the model
             if self.segmenter is not None:
                 self.segmenter.release()
                 self.segmenter = None
                 self.get_logger().info("model released")
 
     def _teardown(self) -> None:
-        if self._timer is not None:
-            self.destroy_timer(self._timer)
-            self._timer = None
-        if self._diagnostics is not None:
-            publisher, timer = self._diagnostics
+        for timer in self._timers:
             self.destroy_timer(timer)
-            self.destroy_publisher(publisher)
-            self._diagnostics = None
+        self._timers.clear()
+        if self._action is not None:
+            self._action.destroy()
+            self._action = None
         for entity in self._entities:
             if hasattr(entity, "srv_type"):
                 self.destroy_service(entity)
@@ -151,37 +183,65 @@ class LisaNode(LifecycleNode):
         self._entities.append(self.create_subscription(msg_type, topic, callback, qos, callback_group=group))
 
     # ----- requests ---------------------------------------------------------------------------------------------
-    def _on_request(self, request: ReasonSegment.Request, response: ReasonSegment.Response):
-        frame = self.frames.for_image(request.image) if len(request.image.data) else self.frames.latest()
+    def request_from(self, msg) -> Request:
+        """A ReasonSegment service request or action goal (same fields) -> Request on the frame it names."""
+        frame = self.frames.for_image(msg.image) if len(msg.image.data) else self.frames.latest()
         if frame is not None:  # optional depth / intrinsics sent with the request win over stored ones
-            if len(request.depth.data):
-                frame.depth = request.depth
-            if request.camera_info.width:
-                frame.color_info = request.camera_info
-            if request.depth_camera_info.width:
-                frame.depth_info = request.depth_camera_info
-        try:
-            with self.queue.turn():
-                answer = self._answer(request.instruction, frame, request.max_new_tokens, request.explain)
-        except Busy as e:
-            answer = Answer.failure(str(e))
-            self.status.count(False, 0.0)
-        answer.fill_response(response)
+            if len(msg.depth.data):
+                frame.depth = msg.depth
+            if msg.camera_info.width:
+                frame.color_info = msg.camera_info
+            if msg.depth_camera_info.width:
+                frame.depth_info = msg.depth_camera_info
+        return Request(msg.instruction, frame, int(msg.max_new_tokens), bool(msg.explain))
+
+    def _on_request(self, request: ReasonSegment.Request, response: ReasonSegment.Response):
+        self.run(self.request_from(request)).fill_response(response)
         return response
 
-    def _answer(self, instruction: str, frame, max_new_tokens: int, explain: bool) -> Answer:
-        """One inference on `frame`; every failure becomes success=false with a message."""
-        if self.segmenter is None:
-            answer = Answer.failure("model not active (lifecycle state is not active)")
-        else:
-            answer = answer_frame(self.segmenter, self.settings, instruction, frame,
-                                  max_new_tokens or self.settings.max_new_tokens, explain)
+    def run(self, req: Request, cancelled=lambda: None, progress=None, wait: bool = True) -> Answer:
+        """Queue, run, count and publish one request (service, action goal or continuous tick); never raises.
+
+        cancelled() -> a reason when the caller gave up; progress(stage, ids) gets the model's progress."""
+        sequence = req.frame.sequence if req.frame is not None else -1
+        self.prefetcher.want(sequence)  # a request always wins over prefetch
+        feedback = progress or (lambda stage, ids: None)
+
+        def abandon():
+            feedback(WAITING, [])
+            return cancelled() or self.stop_reason
+
+        try:
+            with self.queue.turn(wait=wait, abandon=abandon, ticket=progress):
+                self.prefetcher.unwant(sequence)
+                sequence = None
+                answer = self._answer(req, cancelled, progress)
+        except (Busy, Abandoned) as e:
+            answer = Answer.failure(str(e), req.instruction)
+        finally:
+            if sequence is not None:
+                self.prefetcher.unwant(sequence)
         self.status.count(answer.success, answer.inference_time)
         if answer.success and self.outputs is not None:
             self.outputs.publish(answer)
-        elif not answer.success:
+        elif not answer.success and self.context.ok():
             self.get_logger().warning(f"request failed: {answer.message}")
         return answer
+
+    def _answer(self, req: Request, cancelled, progress) -> Answer:
+        """One inference, holding the model; stops on cancel, node stop or the time budget."""
+        segmenter = self.segmenter
+        if segmenter is None:
+            return Answer.failure("model not active (lifecycle state is not active)", req.instruction)
+        budget = self.settings.max_inference_seconds
+        deadline = time.monotonic() + budget if budget > 0 else float("inf")
+
+        def should_stop() -> str | None:
+            if time.monotonic() > deadline:
+                return f"time budget of {budget:g} s exceeded (parameter max_inference_seconds)"
+            return cancelled() or self.stop_reason
+
+        return answer_request(segmenter, self.settings, req, should_stop, progress)
 
     def _publish_diagnostics(self) -> None:
         if self._diagnostics is not None:
@@ -198,12 +258,21 @@ class LisaNode(LifecycleNode):
         frame = self.frames.latest()
         if not instruction or frame is None or frame.sequence == self._last_continuous_sequence:
             return
-        try:
-            with self.queue.turn(wait=False):  # service requests come first; skip this tick when busy
-                self._last_continuous_sequence = frame.sequence
-                self._answer(instruction, frame, self.settings.max_new_tokens, False)
-        except Busy:
-            pass
+        if self.queue.pending:  # service requests come first; skip this tick when busy
+            return
+        self._last_continuous_sequence = frame.sequence
+        self.run(Request(instruction, frame), wait=False)
+
+    def destroy_node(self) -> None:
+        self.stop_inference("node shutting down")
+        deadline = time.monotonic() + 5.0  # the running inference ends at its next layer
+        while self.queue.pending and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if self._diagnostics is not None:
+            self.destroy_timer(self._diagnostics[1])
+            self.destroy_publisher(self._diagnostics[0])
+            self._diagnostics = None
+        super().destroy_node()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,14 +280,15 @@ def main(argv: list[str] | None = None) -> int:
     node = None
     try:
         node = LisaNode()
-        # Threads: intake + every queued request + continuous mode + lifecycle/parameter services.
-        executor = MultiThreadedExecutor(num_threads=node.settings.queue_size + 4)
+        # Threads: intake + the running and every queued request (service or action) + a refused one + continuous
+        # mode + prefetch + lifecycle/parameter services.
+        executor = MultiThreadedExecutor(num_threads=node.settings.queue_size + 6)
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        if node is not None:
+        if node is not None:  # SIGINT / SIGTERM: a running inference stops at its next layer, then we leave
             node.destroy_node()
         if rclpy.ok():
             rclpy.try_shutdown()

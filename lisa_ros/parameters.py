@@ -24,6 +24,19 @@ PARAMETERS: dict[str, Param] = {
     "load_in_4bit": Param(False, "quantise the language model to 4 bit (bitsandbytes, CUDA only)"),
     "conv_template": Param("", "conversation template override: llava_v1 or llava_llama_2; empty = from checkpoint"),
     "max_new_tokens": Param(32, "default generation budget per answer (requests may set their own)"),
+    "max_new_tokens_limit": Param(512, "a request's max_new_tokens is capped to this (its message says so)"),
+    "max_instruction_chars": Param(2000, "longer instructions are refused before tokenising (the model's context "
+                                         "is checked too: prompt + image + max_new_tokens must fit)"),
+    "max_inference_seconds": Param(300.0, "wall-clock budget of one inference (s); past it the answer is "
+                                          "success=false with the text generated so far (0 = no budget)"),
+    "max_masks": Param(32, "masks decoded per answer at most (each [SEG] costs a full-size logit map)"),
+    "warmup": Param(True, "after loading, read every weight and run each stage once, so the first request costs "
+                          "what later ones do (activation takes one query longer; the time is logged)"),
+    "memory_limit_mb": Param(0, "refuse to load a model whose estimated size exceeds this (MiB); 0 = the free "
+                                "RAM (CPU) or VRAM (CUDA), -1 = no check"),
+    "prefetch": Param(False, "encode the newest colour frame (CLIP + SAM) while idle, so a question about what "
+                             "the camera sees now costs what a follow-up does; keeps the device busy (power)"),
+    "prefetch_rate": Param(2.0, "Hz: at most this many frames encoded per second by prefetch"),
     "autostart": Param(True, "configure and activate by itself (no lifecycle manager needed)"),
     # --- inputs ------------------------------------------------------------------------------------------------
     "color_topic": Param("/camera/color/image_raw", "colour image topic (sensor_msgs/Image)"),
@@ -71,6 +84,14 @@ class NodeSettings:
     load_in_4bit: bool
     conv_template: str
     max_new_tokens: int
+    max_new_tokens_limit: int
+    max_instruction_chars: int
+    max_inference_seconds: float
+    max_masks: int
+    warmup: bool
+    memory_limit_mb: int
+    prefetch: bool
+    prefetch_rate: float
     autostart: bool
     color_topic: str
     use_compressed: bool
@@ -100,6 +121,14 @@ class NodeSettings:
             raise ValueError(f"input_reliability must be best_effort or reliable, got {self.input_reliability!r}")
         if self.queue_policy not in ("fifo", "reject"):
             raise ValueError(f"queue_policy must be fifo or reject, got {self.queue_policy!r}")
+        for name in ("max_new_tokens", "max_new_tokens_limit", "max_instruction_chars", "max_masks"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_new_tokens > self.max_new_tokens_limit:
+            raise ValueError(f"max_new_tokens {self.max_new_tokens} exceeds max_new_tokens_limit "
+                             f"{self.max_new_tokens_limit}")
+        if self.max_inference_seconds < 0 or self.prefetch_rate <= 0:
+            raise ValueError("max_inference_seconds must be >= 0 and prefetch_rate > 0")
 
 
 assert set(PARAMETERS) == {f.name for f in fields(NodeSettings)}, "PARAMETERS and NodeSettings disagree"

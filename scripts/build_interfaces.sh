@@ -27,7 +27,7 @@ stamp="$venv/.lisa_ros_interfaces.sha256"
 mkdir -p "$build"
 exec 9>"$build/.lock" && flock 9  # one build at a time (parallel setup.sh runs share build/ and the venv)
 
-inputs=(msg/*.msg srv/*.srv CMakeLists.txt package.xml "${BASH_SOURCE[0]}")
+inputs=(msg/*.msg srv/*.srv action/*.action CMakeLists.txt package.xml "${BASH_SOURCE[0]}")
 want="$( (cat "${inputs[@]}"; echo "$venv") | sha256sum | cut -d' ' -f1)"
 installed="$venv/$generated_py_dir/lisa_ros/srv/_reason_segment.py"
 if [ "${FORCE:-0}" != 1 ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && [ -f "$installed" ]; then
@@ -79,7 +79,9 @@ cmake --install "$build" >"$build/install.log" 2>&1 \
 from rclpy.serialization import serialize_message
 from lisa_ros.msg import SegmentationResult, Target3D
 from lisa_ros.srv import ReasonSegment
+from lisa_ros.action import ReasonSegment as ReasonSegmentAction
 serialize_message(SegmentationResult()); serialize_message(ReasonSegment.Request())
+serialize_message(ReasonSegmentAction.Feedback())
 ") || { echo "[interfaces] built, but the generated types do not import" >&2; exit 1; }
 echo "$want" > "$stamp"
 echo "[interfaces] installed lisa_ros msg/srv into $venv"

@@ -108,3 +108,4 @@ def solid_image(h: int, w: int, stamp_sec: int = 1, frame_id: str = "camera_colo
     header.stamp.sec = stamp_sec
     return rgb, rgb_to_image(rgb, header)
 
+

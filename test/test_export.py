@@ -52,7 +52,8 @@ def assert_same_state(a: LisaSegmenter, b: LisaSegmenter):
 
 def assert_same_output(a: LisaSegmenter, b: LisaSegmenter, image_path, instruction=INSTRUCTION, tokens=24):
     image = read_rgb(image_path)
-    ra, rb = a.segment(image, instruction, tokens), b.segment(image, instruction, tokens)
+    # parse_special_tokens: a typed [SEG] (SEG_INSTRUCTION) forces a mask, as in the reference
+    ra, rb = (s.segment(image, instruction, tokens, parse_special_tokens=True) for s in (a, b))
     assert ra.input_ids == rb.input_ids and ra.output_ids == rb.output_ids and ra.text == rb.text
     assert len(ra.mask_logits) > 0  # the comparison covers SAM and the [SEG] head too
     np.testing.assert_array_equal(ra.mask_logits, rb.mask_logits)

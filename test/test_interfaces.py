@@ -24,6 +24,7 @@ from lisa_ros.ros_conversions import (
     camera_info_from_intrinsics, cloud_to_array, intrinsics_from_camera_info, pose_stamped_from_matrix,
     points_to_cloud, target_markers, target_to_msg, transform_stamped_from_matrix,
 )
+from lisa_ros.action import ReasonSegment as ReasonSegmentAction
 from lisa_ros.srv import ReasonSegment
 
 TARGET = Target3DResult(True, np.array([0.1, -0.2, 2.0]), np.array([0.0, -0.3, 1.9]), np.array([0.2, -0.1, 2.1]),
@@ -40,13 +41,23 @@ def test_fields_and_types():
                                  "point_count": "uint32", "depth_coverage": "float"}
     answer = {"text": "string", "masks": "sequence<sensor_msgs/Image>", "mask_scores": "sequence<float>",
               "mask_areas": "sequence<uint32>", "targets": "sequence<lisa_ros/Target3D>",
-              "inference_time": "double", "header": "std_msgs/Header"}
+              "inference_time": "double", "header": "std_msgs/Header", "generated_tokens": "uint32",
+              "image_encoding_time": "double"}
     assert _fields(SegmentationResult) == {"instruction": "string", **answer}
     assert _fields(ReasonSegment.Request) == {
         "instruction": "string", "image": "sensor_msgs/Image", "depth": "sensor_msgs/Image",
         "camera_info": "sensor_msgs/CameraInfo", "depth_camera_info": "sensor_msgs/CameraInfo",
         "explain": "boolean", "max_new_tokens": "uint32"}
     assert _fields(ReasonSegment.Response) == {"success": "boolean", "message": "string", **answer}
+    # the action asks the service's question and answers with the service's response
+    assert _fields(ReasonSegmentAction.Goal) == _fields(ReasonSegment.Request)
+    assert _fields(ReasonSegmentAction.Result) == _fields(ReasonSegment.Response)
+    assert _fields(ReasonSegmentAction.Feedback) == {
+        "stage": "string", "queue_position": "uint32", "text": "string", "generated_tokens": "uint32",
+        "tokens_per_second": "float", "elapsed": "double"}
+    stages = {getattr(ReasonSegmentAction.Feedback, k) for k in dir(ReasonSegmentAction.Feedback)
+              if k.startswith("STAGE_")}
+    assert stages == {"waiting", "encoding_image", "generating", "decoding_masks", "computing_3d"}
 
 
 def _result() -> SegmentationResult:

@@ -17,7 +17,7 @@ from std_msgs.msg import String
 from lisa_model import LisaSegmenter
 from lisa_ros.image_conversion import image_to_numpy
 from lisa_ros.msg import SegmentationResult
-from lisa_ros.outputs import clean_answer
+from lisa_ros.answering import clean_answer
 from lisa_ros.srv import ReasonSegment
 from node_harness import NodeProcess, Peer, claim_domain, solid_image
 from ros_fixtures import synthetic_scene  # noqa: F401  (fixture)

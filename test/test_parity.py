@@ -58,10 +58,10 @@ def test_seg_embeddings_match_reference(segmenter):
     tensors = load_file(case / "expected.safetensors")
     model = segmenter.model
     image = read_rgb(case / "image.png")
-    segmenter.set_image(image)
+    feats = segmenter.set_image(image)
     ids = torch.tensor([exp["input_ids"] + exp["generated_ids"]])
     with torch.no_grad():
-        embeds, _, _ = model.splice_image(ids, segmenter._features.clip_tokens)
+        embeds, _, _ = model.splice_image(ids, feats.clip_tokens)
         states = model.language_states(embeds)[0]
         positions = model.seg_state_positions(ids)[0]
         seg = model.seg_projection(states[positions])

@@ -54,8 +54,7 @@ def eval_question(query: str, is_sentence: bool) -> str:
 def predict_teacher_forced(seg: LisaSegmenter, item: EvalItem) -> np.ndarray:
     """bool HxW: the mask of the given answer "[SEG]." (no generation)."""
     model, cfg = seg.model, seg.model.config
-    seg.set_image(item.image)
-    feats = seg._features
+    feats = seg.set_image(item.image)
     question = "<image>\n" + eval_question(item.query, item.is_sentence)
     text = wrap_image_token(build_conversation([(question, "[SEG].")], cfg.conv_template), cfg.mm_use_im_start_end)
     ids, _ = seg.tokenizer.tokenize_conversation(text, cfg.conv_template)
