@@ -132,13 +132,15 @@ class LisaSegmenter:
         return self.model.lm_head.weight.device
 
     def release(self) -> None:
-        """Drop the model and cached features and give CUDA memory back (lifecycle deactivate/cleanup)."""
+        """Drop the model and cached features and give the memory back: CUDA cache, and freed heap to the OS
+        (lifecycle deactivate/cleanup)."""
         self._cache.clear()
         self._stop_points = []
         self.model = None  # type: ignore[assignment]
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+        _return_freed_heap()
 
     # ----- image cache ------------------------------------------------------------------------------------------
     @staticmethod
@@ -319,3 +321,15 @@ class LisaSegmenter:
         self.model.masks_from_states(state, feats.sam_embedding, feats.input_size, feats.original_size)
         self._cache.pop(feats.key, None)
         return time.perf_counter() - t0
+
+
+def _return_freed_heap() -> None:
+    """glibc keeps freed memory in its per-thread arenas; a freed model should go back to the system (another
+    process may need it), so ask glibc to trim. A no-op elsewhere."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -119,7 +119,7 @@ def answer_request(segmenter, settings, req: Request, should_stop: Callable[[], 
                               header=req.frame.color.header, generated_tokens=len(e.output_ids),
                               inference_time=time.perf_counter() - t0)
     except ValueError as e:  # the library's checks of the caller's input (context, image shape, ...)
-        return Answer.failure(str(e), instruction)
+        return Answer.failure("; ".join(filter(None, (str(e), cap_note))), instruction)
     except Exception as e:  # noqa: BLE001 - CUDA OOM and friends: report, free, keep serving
         if _is_oom(e):
             _free_cuda()

@@ -268,6 +268,9 @@ class LisaNode(LifecycleNode):
         deadline = time.monotonic() + 5.0  # the running inference ends at its next layer
         while self.queue.pending and time.monotonic() < deadline:
             time.sleep(0.01)
+        if self.outputs is not None:  # its worker may be publishing: stop it before the publishers go
+            self.outputs.destroy()
+            self.outputs = None
         if self._diagnostics is not None:
             self.destroy_timer(self._diagnostics[1])
             self.destroy_publisher(self._diagnostics[0])

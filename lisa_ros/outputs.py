@@ -43,6 +43,8 @@ class OutputPublishers:
 
     def _drain(self) -> None:
         while (a := self._pending.get()) is not None:
+            if not self.node.context.ok():  # shutting down: nobody is listening any more
+                continue
             try:
                 self.publish_now(a)
             except Exception as e:  # noqa: BLE001 - one bad answer must not stop later publications

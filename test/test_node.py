@@ -35,7 +35,8 @@ def domain():
 @pytest.fixture(scope="module")
 def node(domain, tmp_path_factory):
     proc = NodeProcess(domain, tmp_path_factory.mktemp("node") / "node.log", model="tiny-random",
-                       continuous_rate=2.0, queue_size=1, max_image_pixels=1_000_000).start()
+                       continuous_rate=2.0, queue_size=1, max_image_pixels=1_000_000,
+                       max_new_tokens_limit=1500).start()
     yield proc
     assert proc.stop() == 0, proc.log()
 
@@ -103,6 +104,13 @@ def test_bad_images_are_refused_and_the_node_keeps_serving(peer, node, mutate, e
     assert not res.success and expected in res.message.lower(), res.message
     _, good = solid_image(40, 40)
     assert ask(peer, "the cup", good).success and node.alive()
+
+
+def test_a_huge_max_new_tokens_is_capped(peer):
+    _, msg = solid_image(40, 56)
+    res = ask(peer, "describe the room", msg, max_new_tokens=4294967295)
+    assert res.success and "max_new_tokens 4294967295 capped to 1500" in res.message
+    assert 0 < res.generated_tokens <= 1500
 
 
 def test_text_only_answer_is_a_success_with_no_masks(peer, library):
