@@ -13,6 +13,12 @@ folder the node loads) on one 640x480 frame:
   follows shows how old the frame it used was.
 * memory of the node process: resident set idle (model loaded, no request yet) and its peak while busy.
 
+Robot-load sections (bench/node_load.py), each on a node of its own:
+* --prefetch: with prefetch:=true, the first question on a frame the node encoded while idle vs a question with a
+  new image vs a follow-up on the same image (target: prefetched within 1.2x of the follow-up).
+* --soak N (tiny): N calls with a new 640x480 frame each, the node's RSS every 100 calls (flat after warm-up).
+* --hostile (tiny): the requests a client no one here wrote might send: answer time, success, message.
+
 The node runs with OMP_NUM_THREADS=1 (as in the tests); the direct calls use --threads (default 1) to match.
 Both sides use config/fastdds_large_data.xml (a 16 MiB shared-memory segment) unless --default-transport is given:
 with Fast DDS's default 512 KiB segment, 640x480 frames go over UDP fragments and best-effort intake loses most.
@@ -205,6 +211,42 @@ def bench_config(name: str, args, workdir: Path) -> list[str]:
     return lines
 
 
+def robot_load(name: str, args, workdir: Path) -> list[str]:
+    """The --prefetch / --soak / --hostile sections for config `name`, each on a freshly started node."""
+    import node_load
+
+    seg, model_param = model_for(name, workdir)
+    rgb = demo_frame(workdir)
+    lines = []
+    sections = []
+    if args.prefetch:
+        sections.append(("prefetch", dict(prefetch=True, prefetch_rate=2.0),
+                         lambda peer, node: node_load.prefetch_section(peer, rgb, frame_message, args.prefetch,
+                                                                       args.tokens)))
+    if args.soak and name == "tiny":
+        sections.append(("soak", {}, lambda peer, node: node_load.soak_section(
+            peer, rgb, frame_message, args.soak, memory_kib, node.proc.pid)))
+    if args.hostile and name == "tiny":
+        sections.append(("hostile", {}, lambda peer, node: node_load.hostile_section(
+            peer, frame_message(rgb, time.time()), frame_message, node.alive)))
+    for label, params, run in sections:
+        domain, lock_fd = claim_domain()
+        node = NodeProcess(domain, workdir / f"node_{name}_{label}.log", model=model_param, continuous_rate=0.0,
+                           diagnostics_period=0.5, **params).start()
+        peer = Peer(domain, "bench_client")
+        try:
+            diagnostics = peer.subscribe(DiagnosticArray, "/diagnostics")
+            if not peer.spin_until(lambda: diagnostics and diagnostics_values(diagnostics[-1])["model_loaded"] == "True",
+                                   600):
+                raise RuntimeError(f"node did not come up:\n{node.log()[-2000:]}")
+            lines += [f"## {name}: {label}"] + run(peer, node) + [""]
+        finally:
+            peer.close()
+            node.stop()
+            os.close(lock_fd)
+    return lines
+
+
 def intake_during_inference(peer: Peer, domain: int, rgb: np.ndarray, diagnostics: list, args) -> list[str]:
     """A first question on a new frame (seconds of CPU here) while the camera publishes at args.camera_hz."""
     fresh = rgb[::-1].copy()  # a new image: no cached features, the full pipeline runs
@@ -244,6 +286,10 @@ def main(argv=None) -> int:
     p.add_argument("--camera-hz", type=float, default=30.0)
     p.add_argument("--pause", type=float, default=0.1, help="seconds between calls")
     p.add_argument("--no-intake", dest="intake", action="store_false")
+    p.add_argument("--no-overhead", dest="overhead", action="store_false", help="skip the round-trip section")
+    p.add_argument("--prefetch", type=int, default=0, metavar="ROUNDS", help="prefetch section, ROUNDS rounds")
+    p.add_argument("--soak", type=int, default=0, metavar="CALLS", help="soak section (tiny), CALLS calls")
+    p.add_argument("--hostile", action="store_true", help="hostile-request section (tiny)")
     p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "lisa_bench_node"))
     p.add_argument("--default-transport", action="store_true",
                    help="keep Fast DDS's default transports (no config/fastdds_large_data.xml)")
@@ -256,7 +302,9 @@ def main(argv=None) -> int:
     print(f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}, torch threads {args.threads} (node: 1), "
           f"Fast DDS profile: {os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE', 'default transports')}\n")
     for name in args.configs.split(","):
-        print("\n".join(bench_config(name, args, workdir)) + "\n", flush=True)
+        if args.overhead:
+            print("\n".join(bench_config(name, args, workdir)) + "\n", flush=True)
+        print("\n".join(robot_load(name, args, workdir)), flush=True)
     return 0
 
 

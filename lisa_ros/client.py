@@ -19,6 +19,7 @@ import cv2
 import rclpy
 from rclpy.action import ActionClient
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 
 from lisa_ros.action import ReasonSegment as ReasonSegmentAction
@@ -74,26 +75,31 @@ class OneShotClient(Node):
         return future.result()
 
     def _ask_action(self, goal, deadline: float):
-        """Send the goal, print its feedback as one live line, cancel it on Ctrl-C; the result's fields."""
+        """Send the goal, print its feedback as one live line, cancel it on Ctrl-C or timeout; the result's
+        fields. Ctrl-C may come at any point, even before the goal is accepted."""
         sent = self.action.send_goal_async(goal, feedback_callback=lambda m: progress_line(m.feedback))
-        rclpy.spin_until_future_complete(self, sent, timeout_sec=max(0.0, deadline - time.monotonic()))
-        if not sent.done() or not sent.result().accepted:
-            raise TimeoutError("the goal was not accepted in time")
-        handle = sent.result()
-        result = handle.get_result_async()
+        handle = result = None
         try:
-            while not result.done():
+            while result is None or not result.done():
                 if time.monotonic() > deadline:
-                    handle.cancel_goal_async()
-                    raise TimeoutError("no answer in time (goal cancelled)")
+                    raise TimeoutError(f"no answer from {self.target} in time")
                 rclpy.spin_once(self, timeout_sec=0.1)
-        except KeyboardInterrupt:
-            print("\ncancelling ...", file=sys.stderr)
-            cancel = handle.cancel_goal_async()
-            rclpy.spin_until_future_complete(self, cancel, timeout_sec=5.0)
+                if handle is None and sent.done():
+                    handle = sent.result()
+                    if not handle.accepted:
+                        raise TimeoutError(f"{self.target} rejected the goal")
+                    result = handle.get_result_async()
+        except (KeyboardInterrupt, TimeoutError) as e:
+            print(f"\ncancelling ({'Ctrl-C' if isinstance(e, KeyboardInterrupt) else e}) ...", file=sys.stderr)
+            if handle is None:
+                rclpy.spin_until_future_complete(self, sent, timeout_sec=5.0)
+                if not sent.done() or not sent.result().accepted:
+                    raise TimeoutError("the goal was never accepted") from None
+                handle, result = sent.result(), sent.result().get_result_async()
+            rclpy.spin_until_future_complete(self, handle.cancel_goal_async(), timeout_sec=5.0)
             rclpy.spin_until_future_complete(self, result, timeout_sec=10.0)
             if not result.done():
-                raise TimeoutError("the node did not end the cancelled goal")
+                raise TimeoutError("the node did not end the cancelled goal") from None
         print(file=sys.stderr)
         return result.result().result
 
@@ -119,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--explain", action="store_true")
     p.add_argument("--action", action="store_true", help="use the action: live progress, Ctrl-C cancels")
     args = p.parse_args(argv)
-    rclpy.init()
+    # Ctrl-C must reach us as KeyboardInterrupt, with the context still up, so that the goal can be cancelled.
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     client = OneShotClient(args.node, args.action)
     try:
         res = client.ask(args.instruction, args.timeout, args.max_new_tokens, args.explain)
@@ -127,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         summary = {"instruction": args.instruction, "success": res.success, "message": res.message,
                    "text": res.text, "mask_areas": list(res.mask_areas), "mask_scores": list(res.mask_scores),
-                   "targets": [target_summary(t) for t in res.targets], "inference_time_s": res.inference_time}
+                   "targets": [target_summary(t) for t in res.targets], "inference_time_s": res.inference_time,
+                   "generated_tokens": res.generated_tokens, "image_encoding_time_s": res.image_encoding_time}
         for i, m in enumerate(res.masks):
             cv2.imwrite(str(out / f"mask_{i}.png"), image_to_rgb(m)[..., 0])
         overlay = client.overlay_for(res.masks[0].header.stamp if len(res.masks) else None) if res.success \
@@ -139,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     except TimeoutError as e:
         print(f"lisa client: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a service call cannot be cancelled: the node still answers it, to nobody
+        print("lisa client: interrupted", file=sys.stderr)
+        return 130
     finally:
         client.destroy_node()
         rclpy.try_shutdown()

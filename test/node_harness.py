@@ -1,6 +1,7 @@
 """A lisa_node in its own process and a test-side rclpy peer, talking over real DDS on a private domain."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
@@ -109,3 +111,17 @@ def solid_image(h: int, w: int, stamp_sec: int = 1, frame_id: str = "camera_colo
     return rgb, rgb_to_image(rgb, header)
 
 
+# Module fixtures for a test module that starts one node process (it defines the `node` fixture), imported there:
+#     from node_harness import domain, peer  # noqa: F401  (fixtures)
+@pytest.fixture(scope="module")
+def domain():
+    d, fd = claim_domain()
+    yield d
+    os.close(fd)
+
+
+@pytest.fixture(scope="module")
+def peer(domain, node):
+    p = Peer(domain)
+    yield p
+    p.close()

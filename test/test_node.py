@@ -1,7 +1,6 @@
 """lisa_node in a real process over real DDS: round trips, bad inputs, concurrency, intake during inference,
 continuous mode, lifecycle. The node runs the offline tiny random model; its answers are checked against the
 library (`LisaSegmenter.segment`) on the same frame, so the node adds transport, not differences."""
-import os
 import threading
 import time
 
@@ -15,21 +14,14 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
 from lisa_model import LisaSegmenter
+from lisa_ros.answering import clean_answer
 from lisa_ros.image_conversion import image_to_numpy
 from lisa_ros.msg import SegmentationResult
-from lisa_ros.answering import clean_answer
 from lisa_ros.srv import ReasonSegment
-from node_harness import NodeProcess, Peer, claim_domain, solid_image
+from node_harness import NodeProcess, Peer, domain, peer, solid_image  # noqa: F401  (domain, peer: fixtures)
 from ros_fixtures import synthetic_scene  # noqa: F401  (fixture)
 
 SRV = "/lisa_node/reason_segment"
-
-
-@pytest.fixture(scope="module")
-def domain():
-    d, fd = claim_domain()
-    yield d
-    os.close(fd)
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +31,6 @@ def node(domain, tmp_path_factory):
                        max_new_tokens_limit=1500).start()
     yield proc
     assert proc.stop() == 0, proc.log()
-
-
-@pytest.fixture(scope="module")
-def peer(domain, node):
-    p = Peer(domain)
-    yield p
-    p.close()
 
 
 @pytest.fixture(scope="module")

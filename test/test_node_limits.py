@@ -4,9 +4,12 @@ memory back, prefetch, warm-up and the memory check.
 
 The model is a tiny random "talker" that never emits eos or [SEG] (test/talker.py): every request generates
 exactly max_new_tokens tokens, so a long request is long for sure (about 5 ms a token here)."""
+import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -20,7 +23,8 @@ from sensor_msgs.msg import Image
 from conftest import FIXTURE
 from lisa_ros.action import ReasonSegment as ReasonSegmentAction
 from lisa_ros.srv import ReasonSegment
-from node_harness import NodeProcess, Peer, claim_domain, solid_image
+from node_harness import NodeProcess, Peer, claim_domain, domain, peer, solid_image  # noqa: F401  (fixtures)
+from ros_fixtures import ROOT, subprocess_env
 from talker import save_talker
 
 SRV = "/lisa_node/reason_segment"
@@ -36,25 +40,11 @@ def talker_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def domain():
-    d, fd = claim_domain()
-    yield d
-    os.close(fd)
-
-
-@pytest.fixture(scope="module")
 def node(domain, talker_folder, tmp_path_factory):
     proc = NodeProcess(domain, tmp_path_factory.mktemp("node") / "node.log", model=str(talker_folder),
                        max_inference_seconds=BUDGET_S, prefetch=True, prefetch_rate=5.0, **LIMITS).start()
     yield proc
     assert proc.stop() == 0, proc.log()
-
-
-@pytest.fixture(scope="module")
-def peer(domain, node):
-    p = Peer(domain)
-    yield p
-    p.close()
 
 
 @pytest.fixture(scope="module")
@@ -259,3 +249,33 @@ def test_memory_check_refuses_to_load_and_the_node_says_why(tmp_path):
         proc.stop()
         peer.close()
         os.close(fd)
+
+
+def run_client(domain: int, out, *args) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "lisa_ros.client", "--action", "--out", str(out), "--timeout", "60", *args]
+    env = subprocess_env(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_client_action_shows_progress_and_ctrl_c_cancels(peer, domain, tmp_path):
+    camera = peer.node.create_publisher(Image, "/camera/color/image_raw", 10)
+    assert peer.spin_until(lambda: camera.get_subscription_count() > 0, 10)
+    camera.publish(solid_image(60, 80, stamp_sec=600)[1])
+    client = run_client(domain, tmp_path / "short", "--max-new-tokens", "40", "the cup")
+    out, err = client.communicate(timeout=90)
+    summary = json.loads((tmp_path / "short" / "answer.json").read_text())
+    assert client.returncode == 0, err
+    assert "generating" in err and "tok/s" in err and summary["success"] and summary["generated_tokens"] == 40
+    assert out.startswith("answer: ")
+
+    client = run_client(domain, tmp_path / "long", "--max-new-tokens", str(LONG), "the cup")
+    progress = ""
+    while not re.search(r"generating (\d{2,}) tokens", progress):  # rewritten with \r: read characters
+        progress += client.stderr.read(1)
+    t0 = time.monotonic()
+    client.send_signal(signal.SIGINT)
+    _, err = client.communicate(timeout=10)
+    assert (tmp_path / "long" / "answer.json").is_file(), err[-3000:]
+    summary = json.loads((tmp_path / "long" / "answer.json").read_text())
+    assert client.returncode == 1 and time.monotonic() - t0 < 5.0
+    assert not summary["success"] and "cancelled by the client" in summary["message"] and summary["text"]
