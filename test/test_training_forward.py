@@ -72,9 +72,13 @@ def test_mask_loss_reaches_what_must_learn(segmenter):
     lora = [p for n, p in named.items() if "lora_A" in n or "lora_B" in n]
     assert lora and any(p.grad is not None and p.grad.abs().sum() > 0 for p in lora)
     for prefix in ("seg_projection.", "sam.mask_decoder."):
-        ps = [p for n, p in named.items() if n.removeprefix("base_model.model.").startswith(prefix)]
+        ps = [p for n, p in named.items() if n.removeprefix("base_model.model.").startswith(prefix)
+              and "iou_prediction_head" not in n]
         assert ps and all(p.requires_grad for p in ps)
         assert sum(float(p.grad.abs().sum()) for p in ps if p.grad is not None) > 0, prefix
+    # SAM's IoU head is in no loss (never a gradient, never changed by the reference's AdamW): frozen, for DDP.
+    iou_head = [p for n, p in named.items() if "iou_prediction_head" in n]
+    assert iou_head and not any(p.requires_grad or p.grad is not None for p in iou_head)
     frozen = [p for n, p in named.items() if ".vision_tower." in n or "sam.image_encoder." in n]
     assert frozen and not any(p.requires_grad for p in frozen)
 

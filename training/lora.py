@@ -18,6 +18,12 @@ def lora_target_regex(modules: tuple[str, ...]) -> str:
     return rf"model\.language_model\.layers\.\d+\.self_attn\.({names})"
 
 
+# SAM's IoU head sits in the mask decoder, but its output is in no loss: it never gets a gradient, so the
+# reference's optimiser (AdamW, weight decay 0) never changes it. Frozen here, which is the same for one process and
+# lets DistributedDataParallel run (it refuses trainable parameters that receive no gradient).
+NEVER_IN_THE_LOSS = ("sam.mask_decoder.iou_prediction_head.",)
+
+
 def trainable_prefixes(cfg: TrainConfig) -> list[str]:
     prefixes = []
     if cfg.train_lm_head:
@@ -55,7 +61,8 @@ def prepare_for_training(model: LisaForSegmentation, cfg: TrainConfig) -> torch.
         model = get_peft_model(model, lora)
     prefixes = tuple(trainable_prefixes(cfg))
     for name, p in model.named_parameters():
-        if base_name(name).startswith(prefixes) or "lora_" in name:
+        if (base_name(name).startswith(prefixes) and not base_name(name).startswith(NEVER_IN_THE_LOSS)) \
+                or "lora_" in name:
             p.requires_grad_(True)
     return model
 

@@ -2,7 +2,11 @@
 
     lisa-train --config training/configs/reference.yaml                          # one CPU or GPU
     accelerate launch --config_file training/configs/accelerate_zero2.yaml -m training.train --config ...
-    torchrun --nproc_per_node 8 -m training.train --config ...
+    torchrun --nproc_per_node 8 -m training.train --config ...                     # DDP; on CPUs too (gloo)
+
+On a machine without CUDA, `accelerate launch --cpu --num_processes N` starts ONE process (accelerate's CPU
+launcher needs MPI for more): use torchrun, or `accelerate launch --multi_gpu --num_processes N`, which starts N
+processes that join one gloo group here.
 
 A step is one optimiser step (batch_size x grad_accumulation_steps samples per process). Data for step k is a
 pure function of (seed, k, rank), so `--resume` continues exactly where a checkpoint left off.
@@ -11,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch import nn
 from tqdm import tqdm
 
@@ -70,11 +75,7 @@ def build_segmenter(cfg: TrainConfig) -> LisaSegmenter:
 class Trainer:
     def __init__(self, cfg: TrainConfig, accelerator: Accelerator | None = None):
         self.cfg = cfg
-        mixed = {"bfloat16": "bf16", "float16": "fp16"}.get(cfg.dtype, "no")
-        if mixed == "bf16" and not torch.cuda.is_available() and not _cpu_bf16_ok():
-            mixed = "no"
-        self.accelerator = accelerator or Accelerator(mixed_precision=mixed, log_with=None,
-                                                      gradient_accumulation_steps=cfg.grad_accumulation_steps)
+        self.accelerator = accelerator or build_accelerator(cfg)
         set_seed(cfg.seed)
         acc = self.accelerator
         self.segmenter = build_segmenter(cfg)
@@ -131,7 +132,8 @@ class Trainer:
             if acc.sync_gradients and cfg.max_grad_norm:
                 acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
             self.optimizer.step()
-            self.scheduler.step() if acc.sync_gradients else None
+            if acc.sync_gradients and not acc.optimizer_step_was_skipped:  # once per optimiser step
+                self.scheduler.step()
             self.optimizer.zero_grad()
         return logs
 
@@ -203,9 +205,38 @@ class Trainer:
         self.step, self.history = state["step"], state["history"]
 
 
-def _cpu_bf16_ok() -> bool:
-    """CPU autocast to bf16 works in recent torch, but is slower than float32 on CPUs without AMX/AVX512-BF16."""
-    return False
+MIXED_PRECISION = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def build_accelerator(cfg: TrainConfig) -> Accelerator:
+    """The Accelerator for `cfg`, failing loudly where it would silently do something else.
+
+    * dtype: bfloat16 autocasts on CPU and CUDA alike (on CPUs without AMX / AVX512-BF16 it is slower than float32);
+      float16 needs CUDA - accelerate accepts fp16 on a CPU but autocasts nothing, so it is refused here.
+    * Without CUDA the accelerator is a CPU one, so processes started by torchrun / `accelerate launch
+      --multi_gpu` join one gloo group; a non-CPU accelerator on a GPU-less host would leave each process
+      training alone on its own data, unaware of the others.
+    * The schedule steps once per optimiser step: accelerate's default steps a prepared scheduler once per
+      process, which would run the warm-up and decay N times too fast on N processes (DeepSpeed steps it
+      itself, once).
+    """
+    if cfg.dtype not in MIXED_PRECISION:
+        raise ValueError(f"dtype {cfg.dtype!r}: use one of {sorted(MIXED_PRECISION)}")
+    cuda = torch.cuda.is_available()
+    if cfg.dtype == "float16" and not cuda:
+        raise ValueError("dtype float16 trains only on CUDA (fp16 autocast and gradient scaling); on a CPU use "
+                         "bfloat16 or float32")
+    # train_everything marks weights the training forward never reaches (SAM's image encoder runs without
+    # gradients, CLIP's last layer is not selected): DDP must be told to expect them.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.train_everything)
+    acc = Accelerator(mixed_precision=MIXED_PRECISION[cfg.dtype], cpu=not cuda, log_with=None,
+                      gradient_accumulation_steps=cfg.grad_accumulation_steps, step_scheduler_with_optimizer=False,
+                      kwargs_handlers=[ddp])
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if acc.num_processes != launched:
+        raise RuntimeError(f"launched as {launched} processes but accelerate set up {acc.num_processes}; each "
+                           "would train alone")
+    return acc
 
 
 def parse_args(argv=None) -> argparse.Namespace:
