@@ -57,13 +57,31 @@ def test_our_layout_round_trip_is_exact(released, tmp_path):
 
 
 def test_second_question_reuses_image_features(released):
-    image = read_rgb(IMAGE)
-    first = released.segment(image, INSTRUCTION, 4)
-    second = released.segment(image, "What is in this image?", 4)
-    assert "sam_encoder" in first.timings or released._features is not None
-    assert "sam_encoder" not in second.timings and "clip" not in second.timings
-    other = released.segment(image[:, ::-1].copy(), INSTRUCTION, 4)
-    assert "sam_encoder" in other.timings
+    """The first question encodes the image (CLIP and SAM once each), the second encodes nothing."""
+    model = released.model
+    calls = {"clip": 0, "sam": 0}
+
+    def counter(name):
+        def hook(module, args, output):
+            calls[name] += 1
+        return hook
+
+    hooks = [model.model.vision_tower.register_forward_hook(counter("clip")),
+             model.sam.image_encoder.register_forward_hook(counter("sam"))]
+    try:
+        released.clear_image_cache()  # the module-scoped model may have seen this image in another test
+        image = read_rgb(IMAGE)
+        first = released.segment(image, INSTRUCTION, 4)
+        assert calls == {"clip": 1, "sam": 1}
+        assert {"clip", "sam_encoder"} <= set(first.timings)
+        second = released.segment(image, "What is in this image?", 4)
+        assert calls == {"clip": 1, "sam": 1}
+        assert "sam_encoder" not in second.timings and "clip" not in second.timings
+        other = released.segment(image[:, ::-1].copy(), INSTRUCTION, 4)
+        assert calls == {"clip": 2, "sam": 2} and "sam_encoder" in other.timings
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
