@@ -27,8 +27,8 @@ def call(peer, instruction: str, image: Image | None = None, tokens: int = 16, t
 
 
 def variant(rgb: np.ndarray, k: int) -> np.ndarray:
-    """The demo frame, made a new image (new features) by a small brightness shift."""
-    return np.clip(rgb.astype(np.int16) + (k % 7) - 3 + 8 * (k // 7), 0, 255).astype(np.uint8)
+    """The demo frame as the k-th frame of a camera panning right: a new image every time (new features)."""
+    return np.roll(rgb, k, axis=1)
 
 
 def prefetch_section(peer, rgb: np.ndarray, frame_message, repeats: int, tokens: int) -> list[str]:

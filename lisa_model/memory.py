@@ -48,9 +48,12 @@ class MemoryEstimate:
 
 def _safetensors_params(path: Path) -> int:
     """Parameters in one .safetensors file, from its JSON header alone."""
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(min(n, 100 * 2**20)))
+    except (OSError, ValueError, struct.error) as e:
+        raise CheckpointError(f"cannot read weights file {path}: not a safetensors header ({e})") from e
     total = 0
     for key, entry in header.items():
         if key != "__metadata__":
@@ -93,7 +96,7 @@ def estimate(folder: Path, text_config, vision_folder: Path | None = None) -> Me
         total = count_file_params(folder, stored)
         if vision_folder is not None and vision_folder.is_dir():
             total += count_file_params(vision_folder, 4)
-    except (OSError, ValueError, struct.error, CheckpointError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"cannot size the checkpoint in {folder}: {e}") from e
     return MemoryEstimate(total, min(total, language_params(text_config)))
 

@@ -53,7 +53,7 @@ class LisaNode(LifecycleNode):
         self._entities: list = []
         self.outputs: OutputPublishers | None = None
         self._action: ReasonSegmentActionServer | None = None
-        self._timers: list = []
+        self._mode_timers: list = []
         self.status = NodeStatus()
         self.prefetcher = Prefetcher(self)
         self.stop_reason: str | None = None  # set: every running or waiting inference stops with this reason
@@ -81,8 +81,11 @@ class LisaNode(LifecycleNode):
         s = self.settings
         self.frames = FrameStore(s.sync_tolerance)
         self.queue = RequestQueue(s.queue_size, s.queue_policy)
+        # Reliable inputs keep sensor data's history depth (5): with depth 1, a burst of depth frames would leave
+        # only the last one for pairing by stamp.
         qos = qos_profile_sensor_data if s.input_reliability == "best_effort" else QoSProfile(
-            depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+            depth=qos_profile_sensor_data.depth, reliability=ReliabilityPolicy.RELIABLE,
+            history=HistoryPolicy.KEEP_LAST)
         g = self.intake_group
         if s.use_compressed:
             self._sub(CompressedImage, s.color_topic.rstrip("/") + "/compressed", self.frames.put_color, qos, g)
@@ -100,10 +103,10 @@ class LisaNode(LifecycleNode):
                                                   callback_group=self.request_group))
         self._action = ReasonSegmentActionServer(self, self.request_group)
         if s.continuous_rate > 0:
-            self._timers.append(self.create_timer(1.0 / s.continuous_rate, self._on_continuous_tick,
+            self._mode_timers.append(self.create_timer(1.0 / s.continuous_rate, self._on_continuous_tick,
                                                   callback_group=self.continuous_group))
         if s.prefetch:
-            self._timers.append(self.create_timer(1.0 / s.prefetch_rate, self.prefetcher.tick,
+            self._mode_timers.append(self.create_timer(1.0 / s.prefetch_rate, self.prefetcher.tick,
                                                   callback_group=self.prefetch_group))
         self.get_logger().info("configured")
         return TransitionCallbackReturn.SUCCESS
@@ -162,9 +165,9 @@ class LisaNode(LifecycleNode):
                 self.get_logger().info("model released")
 
     def _teardown(self) -> None:
-        for timer in self._timers:
+        for timer in self._mode_timers:
             self.destroy_timer(timer)
-        self._timers.clear()
+        self._mode_timers.clear()
         if self._action is not None:
             self._action.destroy()
             self._action = None

@@ -65,11 +65,14 @@ class Peer:
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.inbox: dict[str, list] = {}
+        self._clients: dict[tuple, object] = {}
 
     def subscribe(self, msg_type, topic: str, qos=10) -> list:
-        box = self.inbox.setdefault(topic, [])
-        self.node.create_subscription(msg_type, topic, box.append, qos)
-        return box
+        """Every message on `topic` from now on, in arrival order (one subscription per topic)."""
+        if topic not in self.inbox:
+            self.inbox[topic] = []
+            self.node.create_subscription(msg_type, topic, self.inbox[topic].append, qos)
+        return self.inbox[topic]
 
     def spin_until(self, condition, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -80,7 +83,16 @@ class Peer:
         return condition()
 
     def call(self, srv_type, name: str, request, timeout: float = 120.0):
-        return self.call_many(srv_type, name, [request], timeout)[0]
+        """One call from a client kept per service (discovered once, so later calls time only the call)."""
+        client = self._clients.get((srv_type, name))
+        if client is None:
+            client = self._clients[(srv_type, name)] = self.node.create_client(srv_type, name)
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise TimeoutError(f"{name} not available")
+        future = client.call_async(request)
+        if not self.spin_until(future.done, timeout):
+            raise TimeoutError(f"no response from {name} within {timeout} s")
+        return future.result()
 
     def call_many(self, srv_type, name: str, requests: list, timeout: float = 120.0) -> list:
         """Send all requests at once (each from its own client) and wait for every response."""

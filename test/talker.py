@@ -40,6 +40,11 @@ def talker(max_positions: int = 4096, extra_vocab: int = 0, favourite: int | Non
     return LisaSegmenter(model.eval(), tok)
 
 
-def save_talker(folder: Path, max_positions: int = 4096) -> Path:
-    talker(max_positions).save_pretrained(folder)
+def save_talker(folder: Path, max_positions: int = 4096, favourite: int | None = None) -> Path:
+    talker(max_positions, favourite=favourite).save_pretrained(folder)
     return folder
+
+
+def save_segger(folder: Path) -> Path:
+    """A model whose every token is [SEG]: max_new_tokens=n gives exactly n masks (random ones)."""
+    return save_talker(folder, favourite=tiny_tokenizer().seg_token_id)

@@ -1,6 +1,7 @@
 """lisa_node in a real process over real DDS: round trips, bad inputs, concurrency, intake during inference,
 continuous mode, lifecycle. The node runs the offline tiny random model; its answers are checked against the
 library (`LisaSegmenter.segment`) on the same frame, so the node adds transport, not differences."""
+import re
 import threading
 import time
 
@@ -167,7 +168,30 @@ def test_frames_and_services_keep_flowing_during_inference(peer):
             if any(kv.key == "requests_pending" and kv.value != "0" for kv in d.status[0].values)]
     received = sorted({int(v["color_frames_received"]) for v in busy})
     assert len(received) >= 2, f"diagnostics while busy: {busy}"
-    assert busy[-1]["model_loaded"] == "True" and float(busy[-1]["newest_frame_age_s"]) >= 0.0
+    assert busy[-1]["model_loaded"] == "True"
+
+
+def test_diagnostics_report_frame_age_staleness_and_failures(peer):
+    """Frames stamped now: a realistic age and OK; frames stop: WARN naming the age; a bad request: counted."""
+    pub = peer.node.create_publisher(Image, "/camera/color/image_raw", 10)
+    diagnostics = peer.subscribe(DiagnosticArray, "/diagnostics")
+    rgb, frame = solid_image(48, 64)
+    for _ in range(15):  # ~10 Hz for 1.5 s, each stamped with the wall clock
+        frame.header.stamp = peer.node.get_clock().now().to_msg()
+        pub.publish(frame)
+        peer.spin_until(lambda: False, 0.1)
+    values = lambda d: {kv.key: kv.value for kv in d.status[0].values}  # noqa: E731
+    fresh = diagnostics[-1]
+    assert fresh.status[0].level == b"\x00", fresh.status[0].message  # OK
+    assert 0.0 <= float(values(fresh)["newest_frame_age_s"]) < 1.0 and float(values(fresh)["color_rate_hz"]) > 3
+    failed = int(values(fresh)["requests_failed"])
+    assert not ask(peer, "").success
+    diagnostics.clear()
+    assert peer.spin_until(lambda: diagnostics and diagnostics[-1].status[0].level == b"\x01", 6)  # WARN: stale
+    stale = diagnostics[-1]
+    assert re.search(r"newest frame is \d+\.\d s old", stale.status[0].message)
+    assert 2.0 < float(values(stale)["newest_frame_age_s"]) < 10.0
+    assert int(values(stale)["requests_failed"]) == failed + 1
 
 
 def test_continuous_mode_publishes_results(peer):
