@@ -94,6 +94,10 @@ class ScenePlayer(Node):
         try:  # tf2_ros is not installable from PyPI; a real ROS install has it
             from tf2_ros import StaticTransformBroadcaster, TransformBroadcaster
         except ImportError:
+            self.get_logger().warning(
+                f"tf2_ros cannot be imported (it comes with a ROS 2 install, not from PyPI): no TF is published; "
+                f"the camera pose is on {self.config.topic('pose')} (geometry_msgs/PoseStamped in "
+                f"{self.config.map_frame})")
             return
         self._tf = TransformBroadcaster(self)
         self._static_tf = StaticTransformBroadcaster(self)
