@@ -90,6 +90,7 @@ class LisaSegmenter:
             seg = build_tiny_segmenter()
             cast_parameters(seg.model, torch_dtype)
             seg.model.to(device)
+            _quantize_if_asked(seg.model, load_in_8bit, load_in_4bit)
             if conv_template:
                 seg.model.config.conv_template = conv_template
             return seg
@@ -106,10 +107,7 @@ class LisaSegmenter:
         if model.config.seg_token_id != tokenizer.seg_token_id:
             raise CheckpointError(f"{folder}: config seg_token_id {model.config.seg_token_id} != tokenizer's "
                                   f"[SEG] id {tokenizer.seg_token_id}")
-        if load_in_8bit or load_in_4bit:
-            from .quantization import quantize_language_model
-
-            quantize_language_model(model, bits=8 if load_in_8bit else 4)
+        _quantize_if_asked(model, load_in_8bit, load_in_4bit)
         clip_folder = folder if (folder / "preprocessor_config.json").is_file() else None
         if clip_folder is None and model.config.vision_tower_name:
             candidate = Path(vision_tower or model.config.vision_tower_name)
@@ -321,6 +319,14 @@ class LisaSegmenter:
         self.model.masks_from_states(state, feats.sam_embedding, feats.input_size, feats.original_size)
         self._cache.pop(feats.key, None)
         return time.perf_counter() - t0
+
+
+def _quantize_if_asked(model: LisaForSegmentation, load_in_8bit: bool, load_in_4bit: bool) -> None:
+    """The language model's Linear layers to bitsandbytes 8-/4-bit (tiny-random too: it exercises the path)."""
+    if load_in_8bit or load_in_4bit:
+        from .quantization import quantize_language_model
+
+        quantize_language_model(model, bits=8 if load_in_8bit else 4)
 
 
 def _return_freed_heap() -> None:

@@ -107,6 +107,23 @@ def test_quantisation_without_cuda_fails_clearly():
                                       load_in_8bit=True)
 
 
+@pytest.mark.parametrize("flag", ["load_in_8bit", "load_in_4bit"])
+def test_tiny_random_honours_quantisation(flag):
+    """Not ignored: refused without CUDA, applied to the language model's Linear layers with it."""
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            LisaSegmenter.from_pretrained("tiny-random", **{flag: True})
+        return
+    pytest.importorskip("bitsandbytes")
+    import bitsandbytes as bnb
+
+    seg = LisaSegmenter.from_pretrained("tiny-random", device="cuda", **{flag: True})
+    kind = bnb.nn.Linear8bitLt if flag == "load_in_8bit" else bnb.nn.Linear4bit
+    q_proj = seg.model.model.language_model.layers[0].self_attn.q_proj
+    assert isinstance(q_proj, kind) and not isinstance(seg.model.lm_head, kind)
+    assert seg.segment(np.zeros((64, 64, 3), np.uint8), "what is here?", 4).output_ids
+
+
 def test_corrupt_shard_names_the_file(tiny_copy):
     shard = tiny_copy / "pytorch_model-00002-of-00002.bin"
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
