@@ -1,7 +1,10 @@
 """lisa_node in a real process over real DDS: round trips, bad inputs, concurrency, intake during inference,
 continuous mode, lifecycle. The node runs the offline tiny random model; its answers are checked against the
 library (`LisaSegmenter.segment`) on the same frame, so the node adds transport, not differences."""
+import json
 import re
+import subprocess
+import sys
 import threading
 import time
 
@@ -20,7 +23,7 @@ from lisa_ros.image_conversion import image_to_numpy
 from lisa_ros.msg import SegmentationResult
 from lisa_ros.srv import ReasonSegment
 from node_harness import NodeProcess, Peer, domain, peer, solid_image  # noqa: F401  (domain, peer: fixtures)
-from ros_fixtures import synthetic_scene  # noqa: F401  (fixture)
+from ros_fixtures import ROOT, subprocess_env, synthetic_scene  # noqa: F401  (fixture)
 
 SRV = "/lisa_node/reason_segment"
 
@@ -75,6 +78,24 @@ def test_empty_instruction_is_refused(peer, instruction):
 def test_no_frame_received_yet(peer):
     res = ask(peer, "where is the cup")  # nothing is published on the colour topic in this module
     assert not res.success and "no frame received yet" in res.message
+
+
+def test_client_asks_again_until_the_camera_delivers(peer, domain, tmp_path):
+    """`lisa_ros.client` started before any frame: it retries while the node says "no frame received yet"."""
+    env = subprocess_env(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    client = subprocess.Popen([sys.executable, "-m", "lisa_ros.client", "where can I sit", "--out", str(tmp_path),
+                               "--timeout", "60", "--max-new-tokens", "8"], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peer.spin_until(lambda: False, 3.0)  # the client is asking, the camera is not up yet
+    assert client.poll() is None
+    pub = peer.node.create_publisher(Image, "/camera/color/image_raw", 10)
+    _, frame = solid_image(48, 64, stamp_sec=42)
+    peer.spin_until(lambda: pub.get_subscription_count() > 0, 10)
+    pub.publish(frame)
+    out, _ = client.communicate(timeout=60)
+    summary = json.loads((tmp_path / "answer.json").read_text())
+    assert client.returncode == 0 and summary["success"] and out.startswith("answer:"), out
+    assert summary["generated_tokens"] >= 1
 
 
 @pytest.mark.parametrize("mutate, expected", [
@@ -212,6 +233,43 @@ def test_continuous_mode_publishes_results(peer):
     assert answers and overlays
     assert overlays[-1].encoding == "rgb8" and (overlays[-1].height, overlays[-1].width) == (48, 64)
     instr.publish(String(data=""))  # stop
+    peer.spin_until(lambda: False, 1.0)
+    count = len(results)
+    for stamp in range(230, 240):  # new frames, no standing instruction: nothing is answered
+        pub.publish(solid_image(48, 64, stamp_sec=stamp)[1])
+        peer.spin_until(lambda: False, 0.2)
+    assert len(results) == count
+
+
+def test_continuous_mode_skips_ticks_while_busy(peer):
+    """A long service request holds the model: the 2 Hz standing instruction is skipped, not queued behind it."""
+    results = peer.subscribe(SegmentationResult, "/lisa_node/result")
+    diagnostics = peer.subscribe(DiagnosticArray, "/diagnostics")
+    instr = peer.node.create_publisher(String, "/lisa_node/instruction", 10)
+    pub = peer.node.create_publisher(Image, "/camera/color/image_raw", 10)
+    _, img = solid_image(64, 64, stamp_sec=300)
+    worker = Peer(peer.context.get_domain_id(), "long_caller")
+    thread = threading.Thread(target=lambda: ask(worker, "the long one", img, 1500, 600))
+    thread.start()
+    assert peer.spin_until(lambda: diagnostics and {kv.key: kv.value for kv in diagnostics[-1].status[0].values}[
+        "requests_pending"] != "0", 30)  # the long request holds the model now
+    instr.publish(String(data="the standing question"))
+    long_done = lambda: any(r.instruction == "the long one" for r in results)  # noqa: E731
+    stamp = 310
+    while not long_done():  # new frames while it runs
+        stamp += 1
+        pub.publish(solid_image(48, 64, stamp_sec=stamp)[1])
+        peer.spin_until(long_done, 0.25)
+    thread.join()
+    worker.close()
+    assert stamp > 314, "the long request ended too soon to show anything"
+    peer.spin_until(lambda: False, 3.0)  # no new frames from here on
+    order = [r.instruction for r in results if r.instruction in ("the long one", "the standing question")]
+    after = [r.header.stamp.sec for r in results if r.instruction == "the standing question"]
+    assert order[0] == "the long one"  # nothing was answered while the model was busy
+    # the skipped ticks are gone, not queued: then the newest frame is answered (at most one tick raced the end)
+    assert 1 <= len(after) <= 2 and after[-1] == stamp and min(after) >= stamp - 1, (after, stamp)
+    instr.publish(String(data=""))
     peer.spin_until(lambda: False, 1.0)
 
 
