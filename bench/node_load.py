@@ -84,10 +84,11 @@ def soak_section(peer, rgb: np.ndarray, frame_message, calls: int, memory_kib, p
     lines = ["", f"### soak: {calls} calls, a new 640x480 frame each ({time.monotonic() - t_start:.0f} s, "
              f"{failures} failed)", "| calls | node RSS MiB | median round trip s (last 100) |", "|---|---|---|"]
     lines += [f"| {k} | {rss:.0f} | {dt:.3f} |" for k, rss, dt in samples]
-    after_warmup = [rss for k, rss, _ in samples if k >= 100]
-    if after_warmup:
-        lines.append(f"RSS from call 100 on: min {min(after_warmup):.0f}, max {max(after_warmup):.0f} MiB "
-                     f"(spread {max(after_warmup) - min(after_warmup):.0f} MiB)")
+    for start in (100, calls // 2):
+        later = [rss for k, rss, _ in samples if k >= start]
+        if later:
+            lines.append(f"RSS from call {start} on: min {min(later):.0f}, max {max(later):.0f} MiB "
+                         f"(spread {max(later) - min(later):.0f} MiB)")
     return lines
 
 
