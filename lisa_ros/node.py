@@ -31,7 +31,7 @@ from .answering import WAITING, Answer, Request, answer_request
 from .diagnostics import NodeStatus, build_diagnostics
 from .frames import FrameStore
 from .outputs import OutputPublishers
-from .parameters import NodeSettings, declare_all, read_all
+from .parameters import NodeSettings, declare_all, default_settings, read_all
 from .prefetch import Prefetcher
 from .request_queue import Abandoned, Busy, RequestQueue
 
@@ -40,7 +40,12 @@ class LisaNode(LifecycleNode):
     def __init__(self, node_name: str = "lisa_node", **kwargs):
         super().__init__(node_name, **kwargs)
         declare_all(self)
-        self.settings: NodeSettings = read_all(self)
+        self.status = NodeStatus()
+        try:
+            self.settings: NodeSettings = read_all(self)
+        except ValueError as e:  # configure says so (log and diagnostics); until then the defaults stand
+            self.settings = default_settings()
+            self.status.last_error = f"bad parameter: {e}"
         self.segmenter = None
         self.frames = FrameStore(self.settings.sync_tolerance)
         self.queue = RequestQueue(self.settings.queue_size, self.settings.queue_policy)
@@ -54,7 +59,6 @@ class LisaNode(LifecycleNode):
         self.outputs: OutputPublishers | None = None
         self._action: ReasonSegmentActionServer | None = None
         self._mode_timers: list = []
-        self.status = NodeStatus()
         self.prefetcher = Prefetcher(self)
         self.stop_reason: str | None = None  # set: every running or waiting inference stops with this reason
         self.context.on_shutdown(self._on_context_shutdown)

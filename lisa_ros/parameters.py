@@ -1,28 +1,36 @@
 """Every parameter of lisa_node, declared in this one place with its default and description.
 
 The launch file offers one launch argument per entry here (test/test_launch.py checks they stay in step).
+Optional string parameters take `none` for "not set": neither `ros2 launch` (`depth_topic:=` is refused) nor
+`--ros-args` (`-p depth_topic:=''` arrives as two quote characters) can pass an empty string.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
 
+NONE_WORDS = ("none", "''", '""')  # what a command line can say for an empty optional string
+
+
 @dataclass(frozen=True)
 class Param:
     default: object
     description: str
+    optional: bool = False  # a string that may be empty ("not set"); `none` on a command line says so
 
 
 PARAMETERS: dict[str, Param] = {
     # --- model -------------------------------------------------------------------------------------------------
     "model": Param("tiny-random", "LISA checkpoint folder or hub id (e.g. xinlai/LISA-7B-v1); 'tiny-random' = "
                                   "offline random-weight model for wiring tests (meaningless masks)"),
-    "vision_tower": Param("", "CLIP vision tower folder or hub id; empty = the one named by the checkpoint"),
+    "vision_tower": Param("", "CLIP vision tower folder or hub id; none = the one named by the checkpoint",
+                          optional=True),
     "device": Param("cpu", "torch device: cpu, cuda, cuda:1, ..."),
     "dtype": Param("float32", "float32, bfloat16 or float16 (SAM's mask decoder always runs in float32)"),
     "load_in_8bit": Param(False, "quantise the language model to 8 bit (bitsandbytes, CUDA only)"),
     "load_in_4bit": Param(False, "quantise the language model to 4 bit (bitsandbytes, CUDA only)"),
-    "conv_template": Param("", "conversation template override: llava_v1 or llava_llama_2; empty = from checkpoint"),
+    "conv_template": Param("", "conversation template override: llava_v1 or llava_llama_2; none = from the "
+                               "checkpoint", optional=True),
     "max_new_tokens": Param(32, "default generation budget per answer (requests may set their own)"),
     "max_new_tokens_limit": Param(512, "a request's max_new_tokens is capped to this (its message says so)"),
     "max_instruction_chars": Param(2000, "longer instructions are refused before tokenising (the model's context "
@@ -41,10 +49,13 @@ PARAMETERS: dict[str, Param] = {
     # --- inputs ------------------------------------------------------------------------------------------------
     "color_topic": Param("/camera/color/image_raw", "colour image topic (sensor_msgs/Image)"),
     "use_compressed": Param(False, "subscribe to <color_topic>/compressed (sensor_msgs/CompressedImage) instead"),
-    "depth_topic": Param("/camera/depth/image_raw", "depth image topic (16UC1 in mm or 32FC1 in m); empty = none"),
-    "camera_info_topic": Param("/camera/color/camera_info", "colour camera intrinsics (sensor_msgs/CameraInfo)"),
+    "depth_topic": Param("/camera/depth/image_raw", "depth image topic (16UC1 in mm or 32FC1 in m); none = no "
+                                                    "depth (no 3D targets)", optional=True),
+    "camera_info_topic": Param("/camera/color/camera_info", "colour camera intrinsics (sensor_msgs/CameraInfo); "
+                                                            "none = not subscribed", optional=True),
     "depth_camera_info_topic": Param("/camera/depth/camera_info",
-                                     "depth camera intrinsics; empty = depth registered to the colour camera"),
+                                     "depth camera intrinsics; none = depth registered to the colour camera",
+                                     optional=True),
     "input_reliability": Param("best_effort", "QoS reliability of the inputs: best_effort (sensor data) or "
                                               "reliable"),
     "sync_tolerance": Param(0.05, "max stamp difference (s) for depth to count as the colour frame's depth"),
@@ -143,4 +154,15 @@ def declare_all(node) -> None:
 
 
 def read_all(node) -> NodeSettings:
-    return NodeSettings(**{name: node.get_parameter(name).value for name in PARAMETERS})
+    """The parameters' current values; ValueError naming the parameter when one is unusable."""
+    values = {}
+    for name, p in PARAMETERS.items():
+        value = node.get_parameter(name).value
+        if p.optional and str(value).strip().lower() in NONE_WORDS:
+            value = ""
+        values[name] = value
+    return NodeSettings(**values)
+
+
+def default_settings() -> NodeSettings:
+    return NodeSettings(**{name: p.default for name, p in PARAMETERS.items()})

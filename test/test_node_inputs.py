@@ -200,3 +200,29 @@ def test_activation_fails_on_missing_and_corrupt_checkpoints(segger, tmp_path):
         peer.close()
         proc.stop()
         os.close(fd)
+
+
+def test_none_and_bad_parameters_from_the_command_line(tmp_path):
+    """`-p depth_topic:=''` arrives as two quote characters and `none` is the documented word: both mean "not
+    set". A bad value is refused at configure: the log and /diagnostics say which parameter and why."""
+    d, fd = claim_domain()
+    proc = NodeProcess(d, tmp_path / "node.log", model="tiny-random", depth_topic="''", camera_info_topic="none",
+                       queue_policy="bogus", diagnostics_period=0.3, warmup=False).start()
+    peer = Peer(d)
+    try:
+        diagnostics = peer.subscribe(DiagnosticArray, "/diagnostics")
+        assert peer.spin_until(lambda: any("queue_policy must be fifo or reject" in m.status[0].message
+                                           for m in diagnostics), 60), proc.log()
+        assert state_of(peer) == "unconfigured" and "bad parameter: queue_policy" in proc.log()
+        param = Parameter(name="queue_policy", value=ParameterValue(type=ParameterType.PARAMETER_STRING,
+                                                                     string_value="fifo"))
+        peer.call(SetParameters, "/lisa_node/set_parameters", SetParameters.Request(parameters=[param]), 30)
+        assert change_state(peer, Transition.TRANSITION_CONFIGURE) and change_state(peer, Transition.TRANSITION_ACTIVATE)
+        peer.spin_until(lambda: False, 0.5)
+        graph = peer.node.get_subscriptions_info_by_topic
+        assert graph("/camera/color/image_raw") and not graph("/camera/depth/image_raw")
+        assert not graph("/camera/color/camera_info") and graph("/camera/depth/camera_info")
+    finally:
+        peer.close()
+        proc.stop()
+        os.close(fd)
