@@ -44,7 +44,7 @@ def mid_config(vocab_size: int, seg_token_id: int) -> LisaConfig:
 
 def tiny_tokenizer(cache_dir: str | Path | None = None) -> LisaTokenizer:
     """The offline tiny tokenizer (a small sentencepiece model trained in-process, then cached on disk)."""
-    folder = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "lisa_tiny_tokenizer"
+    folder = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / f"lisa_tiny_tokenizer-{_builder_key()}"
     if folder.is_dir():
         return LisaTokenizer.from_pretrained(folder)
     # Build beside the cache and rename into place, so concurrent processes never read a half-written folder.
@@ -56,6 +56,20 @@ def tiny_tokenizer(cache_dir: str | Path | None = None) -> LisaTokenizer:
     except OSError:  # another process won the race: its copy is identical (the build is deterministic)
         pass
     return tokenizer
+
+
+def _builder_key() -> str:
+    """A hash of what the tiny tokenizer is built from (the builder's code, its corpus, sentencepiece's version):
+    a changed builder gets a cache folder of its own instead of a stale copy."""
+    import hashlib
+    import inspect
+
+    import sentencepiece
+
+    from . import tokenization
+
+    source = inspect.getsource(tokenization.build_tiny_tokenizer) + inspect.getsource(tokenization._tiny_corpus)
+    return hashlib.sha256((source + sentencepiece.__version__).encode()).hexdigest()[:12]
 
 
 def build_tiny_model(tokenizer: LisaTokenizer, seed: int = 0, config: LisaConfig | None = None,

@@ -178,3 +178,13 @@ def test_tiny_tokenizer(tmp_path):
     # deterministic: the same model bytes every build
     build_tiny_tokenizer(tmp_path / "tiny2")
     assert (tmp_path / "tiny2/tokenizer.model").read_bytes() == (tmp_path / "tiny/tokenizer.model").read_bytes()
+
+
+def test_tiny_tokenizer_cache_is_keyed_on_its_builder(monkeypatch):
+    """A changed builder (code, corpus, sentencepiece) gets a new cache folder, never a stale copy."""
+    from lisa_model import tiny, tokenization
+
+    key = tiny._builder_key()
+    assert key == tiny._builder_key()  # stable: the cache is reused while nothing changes
+    monkeypatch.setattr(tokenization, "_tiny_corpus", lambda: ["another corpus"])
+    assert tiny._builder_key() != key
