@@ -1,7 +1,7 @@
 """pip install for the Python side of lisa_ros: the `lisa_model` library, the `lisa_ros` node code and `training`.
 
-Versions come from requirements.txt (the one place where dependencies are pinned). `lisa_model` needs only the
-model stack; ROS and training extras are installed by scripts/setup.sh or a ROS workspace.
+Versions come from requirements/python.txt (requirements/ is the one place where dependencies are pinned).
+`lisa_model` needs only the model stack; ROS comes from a ROS install or requirements/ros-wheels.txt.
 """
 from pathlib import Path
 
@@ -15,7 +15,7 @@ _TRAINING_STACK = {"peft", "accelerate", "tqdm", "tensorboard", "matplotlib", "p
 
 
 def _pinned(names: set) -> list:
-    lines = Path(__file__).with_name("requirements.txt").read_text().splitlines()
+    lines = (Path(__file__).parent / "requirements" / "python.txt").read_text().splitlines()
     reqs = [ln.split("#")[0].strip() for ln in lines]
     return [r for r in reqs if r and r.split("==")[0].split("[")[0].lower() in names]
 

@@ -4,6 +4,8 @@ Starts lisa_node as a managed (lifecycle) node and brings it to active: by itsel
 default), or from this launch file (configure, then activate) when autostart:=false. Every node parameter is a
 launch argument of the same name - the list comes from lisa_ros.parameters, so the two cannot drift apart.
 Optional: rviz:=true opens RViz with launch/lisa.rviz (overlay image, markers, point cloud).
+Optional string parameters (vision_tower, conv_template, depth_topic, camera_info_topic, depth_camera_info_topic)
+take `none` for "not set": ros2 launch refuses an empty value (`depth_topic:=`).
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
@@ -42,8 +44,9 @@ def generate_launch_description() -> LaunchDescription:
     manual = UnlessCondition(LaunchConfiguration("autostart"))
     configure = EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
                                             transition_id=Transition.TRANSITION_CONFIGURE), condition=manual)
+    # Only the end of configuring: "inactive" is also where a manual deactivate ends, which must stay inactive.
     activate_when_configured = RegisterEventHandler(OnStateTransition(
-        target_lifecycle_node=node, goal_state="inactive",
+        target_lifecycle_node=node, start_state="configuring", goal_state="inactive",
         entities=[EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
                                               transition_id=Transition.TRANSITION_ACTIVATE))]),
         condition=manual)

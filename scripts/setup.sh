@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One idempotent set-up for a fresh machine: a venv in .venv with every pinned dependency
-# (requirements.txt), this package's ROS interfaces built into it, and lisa_model / lisa_ros / training
+# (requirements.txt: requirements/*.txt), this package's ROS interfaces built into it, and lisa_model / lisa_ros / training
 # installed in editable mode. Re-running it only redoes what changed.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,7 +28,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 
 stamp="$venv/.requirements.sha256"
-want="$(sha256sum requirements.txt setup.py | sha256sum | cut -d' ' -f1)"
+want="$(sha256sum requirements.txt requirements/*.txt setup.py | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[setup] installing pinned requirements (first time: a few minutes)"
   "$venv/bin/pip" install -q --disable-pip-version-check -r requirements.txt 2> >(grep -v "is ignored: it is neither" >&2)
