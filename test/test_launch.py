@@ -115,6 +115,8 @@ def test_autostart_namespace_and_typed_arguments(env, tmp_path):
     finally:
         code = launch.stop()
     assert code == 0 and "process has finished cleanly" in launch.log(), launch.log()[-3000:]
+    # autostart: the node configured itself, so the launch file's configure event (UnlessCondition) never fired
+    assert "Failed to make transition" not in launch.log() and "configured" in launch.log()
 
 
 def test_autostart_off_and_a_manual_deactivate_stays(env, tmp_path):
