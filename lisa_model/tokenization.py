@@ -12,7 +12,6 @@ model fed other ids answers differently, so we reproduce the old behaviour here:
 """
 from __future__ import annotations
 
-import io
 import json
 import re
 import warnings
@@ -22,10 +21,10 @@ from typing import Iterable, Sequence, Union
 import sentencepiece as spm
 import torch
 
-from .constants import IGNORE_INDEX, IM_END, IM_START, IMAGE_TOKEN, IMAGE_TOKEN_INDEX, SEG_TOKEN
+from .constants import IGNORE_INDEX, IMAGE_TOKEN, IMAGE_TOKEN_INDEX, SEG_TOKEN
 from .conversation import TemplateLike, get_template, wrap_image_token
 
-__all__ = ["LisaTokenizer", "TokenizerError", "collate_conversations", "pad_sequences", "build_tiny_tokenizer"]
+__all__ = ["LisaTokenizer", "TokenizerError", "collate_conversations", "pad_sequences"]
 
 MODEL_FILE = "tokenizer.model"
 ADDED_TOKENS_FILE = "added_tokens.json"
@@ -380,57 +379,3 @@ def collate_conversations(tokenizer: LisaTokenizer, conversations: Sequence[str]
         input_ids, labels = input_ids[:, :truncate_len], labels[:, :truncate_len]
         attention_mask = attention_mask[:, :truncate_len]
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask, "conversations": texts}
-
-
-def _tiny_corpus() -> list[str]:
-    """About 600 deterministic English lines: LISA's system texts, question and answer templates, and
-    colours / shapes / household objects, so the tiny vocabulary has whole-word pieces for demo prompts."""
-    from .conversation import CONV_TEMPLATES
-
-    colours = "red green blue yellow black white orange purple pink brown grey gray dark light".split()
-    shapes = "circle square triangle rectangle star ellipse disk box ring line shape round".split()
-    objects = ("cat dog person man woman child car bus bike chair table sofa bed lamp cup mug bottle plate "
-               "bowl knife fork spoon scissors phone laptop keyboard book door window wall floor sky tree "
-               "grass road shelf cabinet fridge oven sink towel clothes pillow plant flower umbrella bag "
-               "shoe hat ball toy clock picture mirror curtain desk computer screen remote bread apple").split()
-    places = "on the table|in the room|near the window|on the floor|in the kitchen|on the left|on the right"
-    questions = ["Can you segment the {} in this image?", "Please segment the {} in this image.",
-                 "What is {} in this image? Please respond with segmentation mask.",
-                 "What is {} in this image? Please output segmentation mask.",
-                 "Where is the {}? Please output segmentation mask and explain why.",
-                 "Which object would you use to cut paper? Please output segmentation mask.",
-                 "Describe the image briefly.", "the thing used for cutting Please output segmentation mask."]
-    answers = ["It is [SEG].", "Sure, [SEG].", "Sure, it is [SEG].", "Sure, the segmentation result is [SEG].",
-               "[SEG].", "Because it has a sharp blade.", "I cannot find it in this image.",
-               "The {} is the object used for this, so it is [SEG]."]
-    lines = [t.system for t in CONV_TEMPLATES.values()] + ["USER: ASSISTANT: [INST] [/INST] <<SYS>> <</SYS>>"]
-    for n, obj in enumerate(objects):
-        colour, shape = colours[n % len(colours)], shapes[n % len(shapes)]
-        place = places.split("|")[n % 7]
-        for q in questions:
-            lines.append(q.format(f"{colour} {obj}") + " " + answers[n % len(answers)].format(obj))
-        lines.append(f"There is a {colour} {shape} {obj} {place}. The {obj} is {colour}, and it is {shape}.")
-        lines.append(f"A {obj} and a {objects[(n * 7) % len(objects)]} are {place}; {n} {obj}s in total.")
-    return lines
-
-
-def build_tiny_tokenizer(out_dir: str | Path, vocab_size: int = 1000) -> LisaTokenizer:
-    """Train a small byte-fallback BPE sentencepiece model offline (seconds) with LLaMA's settings and ids
-    (unk 0, bos 1, eos 2), add [SEG], <im_start>, <im_end> in that order, save it to `out_dir`.
-    A `vocab_size` larger than the corpus supports gives fewer pieces (`vocab_size` reports the real size)."""
-    sentences = []
-    for line in _tiny_corpus():
-        # the added tokens never reach sentencepiece, so they must not shape its pieces either
-        sentences.extend(s for s in re.split("|".join(map(re.escape, (SEG_TOKEN, IM_START, IM_END, IMAGE_TOKEN))),
-                                             line) if s.strip())
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences), model_writer=model, model_type="bpe", vocab_size=vocab_size,
-        character_coverage=1.0, byte_fallback=True, split_digits=True, allow_whitespace_only_pieces=True,
-        normalization_rule_name="identity", add_dummy_prefix=True, remove_extra_whitespaces=False,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1, hard_vocab_limit=False, minloglevel=2)
-    tok = LisaTokenizer(model.getvalue(), source="build_tiny_tokenizer")
-    tok.add_tokens([SEG_TOKEN])
-    tok.add_tokens([IM_START, IM_END])
-    tok.save_pretrained(out_dir)
-    return tok

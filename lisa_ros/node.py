@@ -108,10 +108,10 @@ class LisaNode(LifecycleNode):
         self._action = ReasonSegmentActionServer(self, self.request_group)
         if s.continuous_rate > 0:
             self._mode_timers.append(self.create_timer(1.0 / s.continuous_rate, self._on_continuous_tick,
-                                                  callback_group=self.continuous_group))
+                                                       callback_group=self.continuous_group))
         if s.prefetch:
             self._mode_timers.append(self.create_timer(1.0 / s.prefetch_rate, self.prefetcher.tick,
-                                                  callback_group=self.prefetch_group))
+                                                       callback_group=self.prefetch_group))
         self.get_logger().info("configured")
         return TransitionCallbackReturn.SUCCESS
 

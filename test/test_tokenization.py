@@ -7,7 +7,8 @@ import pytest
 
 from lisa_model.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from lisa_model.conversation import build_conversation, build_prompt, wrap_image_token
-from lisa_model.tokenization import (LisaTokenizer, TokenizerError, build_tiny_tokenizer, collate_conversations,
+from lisa_model.tiny import build_tiny_tokenizer
+from lisa_model.tokenization import (LisaTokenizer, TokenizerError, collate_conversations,
                                      pad_sequences)
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "lisa_tiny_reference"
@@ -182,9 +183,9 @@ def test_tiny_tokenizer(tmp_path):
 
 def test_tiny_tokenizer_cache_is_keyed_on_its_builder(monkeypatch):
     """A changed builder (code, corpus, sentencepiece) gets a new cache folder, never a stale copy."""
-    from lisa_model import tiny, tokenization
+    from lisa_model import tiny
 
     key = tiny._builder_key()
     assert key == tiny._builder_key()  # stable: the cache is reused while nothing changes
-    monkeypatch.setattr(tokenization, "_tiny_corpus", lambda: ["another corpus"])
+    monkeypatch.setattr(tiny, "_tiny_corpus", lambda: ["another corpus"])
     assert tiny._builder_key() != key
