@@ -26,6 +26,7 @@ setup(
     description="LISA reasoning segmentation as a library (lisa_model) and a ROS 2 node (lisa_ros)",
     packages=find_packages(include=["lisa_model", "lisa_model.*", "lisa_ros", "lisa_ros.*",
                                     "training", "training.*"]),
+    package_data={"lisa_model": ["weights/*/*"]},  # built-in checkpoints (lisa-demo)
     python_requires=">=3.10",
     install_requires=_pinned(_MODEL_STACK),
     extras_require={"training": _pinned(_TRAINING_STACK)},

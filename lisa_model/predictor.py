@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .builtin import builtin_folder
 from .checkpoint import CheckpointError
 from .constants import IMAGE_TOKEN_INDEX
 from .conversation import build_prompt_with_span
@@ -74,8 +75,8 @@ class LisaSegmenter:
                         dtype: str | torch.dtype = "float32", conv_template: str | None = None,
                         load_in_8bit: bool = False, load_in_4bit: bool = False, check_memory: bool = True,
                         memory_limit_bytes: int | None = None) -> "LisaSegmenter":
-        """Load a released LISA checkpoint, one saved by `save_pretrained`, or "tiny-random" (offline, random
-        weights: its masks are meaningless).
+        """Load a released LISA checkpoint, one saved by `save_pretrained`, a built-in one by name ("lisa-demo",
+        see builtin.py), or "tiny-random" (offline, random weights: its masks are meaningless).
 
         check_memory: before reading any weight, estimate what the dtype / quantisation needs and raise
         InsufficientMemoryError when it exceeds `memory_limit_bytes` (default: free RAM, or free VRAM on CUDA)."""
@@ -94,7 +95,7 @@ class LisaSegmenter:
             if conv_template:
                 seg.model.config.conv_template = conv_template
             return seg
-        folder = resolve_folder(path_or_id, "model")
+        folder = builtin_folder(path_or_id) or resolve_folder(path_or_id, "model")
         if check_memory:
             from .memory import check_fits, estimate_checkpoint
 

@@ -56,6 +56,9 @@ class TrainConfig:
     data_root: str = "data"
     synthetic: dict = field(default_factory=dict)  # options of training.synthetic when dataset == "synthetic"
     answers: tuple[str, ...] = ()  # answer templates of ReasonSeg-format sources; () = the reference's five
+    # question templates for sentence queries of ReasonSeg-format sources ("{sent}" is the query, "<image>\n"
+    # comes first); () = the reference's two (LONG_QUESTIONS). A robot's user asks bare questions.
+    sentence_templates: tuple[str, ...] = ()
     num_workers: int = 0
     # --- bookkeeping -------------------------------------------------------------------------------------------
     output_dir: str = "runs/lisa"
@@ -86,7 +89,7 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown training config keys {unknown} in {path}")
-        for name in ("lora_target_modules", "betas", "sample_rates", "answers"):
+        for name in ("lora_target_modules", "betas", "sample_rates", "answers", "sentence_templates"):
             if name in data and isinstance(data[name], list):
                 data[name] = tuple(data[name])
         return cls(**data)

@@ -17,13 +17,14 @@ from .evaluate import EvalItem
 
 
 def _reason_seg(root: Path, cfg: TrainConfig):
-    return ReasonSegDataset(root / "reason_seg" / "train", answers=cfg.answers or None)
+    return ReasonSegDataset(root / "reason_seg" / "train", answers=cfg.answers or None,
+                            sentence_templates=cfg.sentence_templates or None)
 
 
 def _synthetic(root: Path, cfg: TrainConfig):
     return ReasonSegDataset(root / "train", queries_per_image=1,
                             probe_key="query_kind_index" if cfg.probe_weight > 0 else None,
-                            answers=cfg.answers or None)
+                            answers=cfg.answers or None, sentence_templates=cfg.sentence_templates or None)
 
 
 def _from_readers(name: str) -> Callable:

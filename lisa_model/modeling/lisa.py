@@ -111,7 +111,10 @@ class LisaForSegmentation(LlavaForConditionalGeneration):
     # ----- mask side --------------------------------------------------------------------------------------------
     def masks_from_states(self, seg_states: torch.Tensor, image_embedding: torch.Tensor,
                           input_size: tuple[int, int], original_size: tuple[int, int]) -> torch.Tensor:
-        """[n, H] pre-[SEG] states + one image's [1, C, g, g] SAM embedding -> [n, h, w] float32 mask logits."""
+        """[n, H] pre-[SEG] states + one image's [1, C, g, g] SAM embedding -> [n, h, w] float32 mask logits.
+        n may be 0 (an answer without [SEG], e.g. "it is not here"): SAM's decoder cannot take an empty batch."""
+        if seg_states.shape[0] == 0:
+            return image_embedding.new_zeros((0, *original_size), dtype=torch.float32)
         seg = self.seg_projection(seg_states)
         low_res = decode_masks(self.sam, seg, image_embedding)
         return upscale_masks(low_res, input_size, original_size, self.sam.image_encoder.img_size)

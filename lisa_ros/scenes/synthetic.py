@@ -81,7 +81,7 @@ def default_trajectory(num_frames: int) -> list[np.ndarray]:
     return [look_at((x, -0.4, 1.4), (0.0, 2.6, 0.4)) for x in xs]
 
 
-def _slab_hits(origin: np.ndarray, dirs: np.ndarray, lo: np.ndarray, hi: np.ndarray):
+def slab_hits(origin: np.ndarray, dirs: np.ndarray, lo: np.ndarray, hi: np.ndarray):
     """Ray/axis-aligned-box intersection for N rays: (entry distance, exit distance, entry axis), each (N,).
     Distances are in units of the ray direction's length."""
     safe = np.where(np.abs(dirs) < 1e-12, 1e-12, dirs)
@@ -101,12 +101,12 @@ def render(intrinsics: CameraIntrinsics, camera_to_world: np.ndarray, boxes=DEFA
     rotation, origin = camera_to_world[:3, :3], camera_to_world[:3, 3]
     dirs = cam_dirs @ rotation.T
     # Inside the room the exit distance of the room "box" is the wall/floor/ceiling hit.
-    _, depth, _ = _slab_hits(origin, dirs, ROOM_MIN, ROOM_MAX)
+    _, depth, _ = slab_hits(origin, dirs, ROOM_MIN, ROOM_MAX)
     depth = np.where(np.isfinite(depth) & (depth > 0), depth, np.inf)
     ids = np.zeros(len(dirs), np.uint8)
     normal_axis = np.zeros(len(dirs), np.int64)
     for i, box in enumerate(boxes):
-        near, far, axis = _slab_hits(origin, dirs, box.min, box.max)
+        near, far, axis = slab_hits(origin, dirs, box.min, box.max)
         hit = (near <= far) & (near > 0) & (near < depth)
         depth[hit], ids[hit], normal_axis[hit] = near[hit], i + 1, axis[hit]
     points = origin + dirs * depth[:, None]
@@ -132,11 +132,11 @@ def _shade(points: np.ndarray, ids: np.ndarray, normal_axis: np.ndarray, boxes) 
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
-def _write_matrix(path: Path, matrix: np.ndarray) -> None:
+def write_matrix(path: Path, matrix: np.ndarray) -> None:
     path.write_text("\n".join(" ".join(f"{x:.6f}" for x in row) for row in matrix) + "\n")
 
 
-def _as_4x4(k: CameraIntrinsics) -> np.ndarray:
+def as_4x4(k: CameraIntrinsics) -> np.ndarray:
     m = np.eye(4)
     m[:3, :3] = k.matrix
     return m
@@ -173,10 +173,10 @@ def generate_scene(out_dir, num_frames: int = 4, color_size: tuple[int, int] = (
         (out / sub).mkdir(parents=True, exist_ok=True)
     color_k = SCANNET_COLOR.scaled_to(*color_size)
     depth_k = SCANNET_DEPTH.scaled_to(*depth_size)
-    _write_matrix(out / "intrinsic" / "intrinsic_color.txt", _as_4x4(color_k))
-    _write_matrix(out / "intrinsic" / "intrinsic_depth.txt", _as_4x4(depth_k))
-    _write_matrix(out / "intrinsic" / "extrinsic_color.txt", np.eye(4))
-    _write_matrix(out / "intrinsic" / "extrinsic_depth.txt", np.eye(4))
+    write_matrix(out / "intrinsic" / "intrinsic_color.txt", as_4x4(color_k))
+    write_matrix(out / "intrinsic" / "intrinsic_depth.txt", as_4x4(depth_k))
+    write_matrix(out / "intrinsic" / "extrinsic_color.txt", np.eye(4))
+    write_matrix(out / "intrinsic" / "extrinsic_depth.txt", np.eye(4))
     frames = []
     for index, pose in enumerate(default_trajectory(num_frames)):
         rgb, _, ids, points = render(color_k, pose, boxes)
@@ -185,7 +185,7 @@ def generate_scene(out_dir, num_frames: int = 4, color_size: tuple[int, int] = (
                     [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
         cv2.imwrite(str(out / "depth" / f"{index}.png"), np.round(depth * 1000.0).astype(np.uint16))
         cv2.imwrite(str(out / "instance" / f"{index}.png"), ids)
-        _write_matrix(out / "pose" / f"{index}.txt", pose)
+        write_matrix(out / "pose" / f"{index}.txt", pose)
         frames.append(_frame_truth(index, ids, points, np.linalg.inv(pose), boxes))
     truth = {
         "units": "metres; world frame z up, floor z = 0; camera frames optical (x right, y down, z forward)",

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from .sample import BadSample, Sample, read_rgb
-from .templates import ANSWERS, LONG_QUESTIONS, SHORT_QUESTIONS
+from .templates import ANSWERS, LONG_QUESTIONS, NO_TARGET_ANSWERS, SHORT_QUESTIONS
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +102,20 @@ def scan(folder: str | Path, skipped: dict | None = None) -> list[ReasonSegRecor
 
 class ReasonSegDataset:
     """Training samples: up to `queries_per_image` queries of one image, each its own conversation with a
-    template question and a random answer, every one targeting the image's mask == 1."""
+    template question and a random answer, every one targeting the image's mask == 1. An annotation with an empty
+    `shapes` list means the queried thing is not in the image: its answers are text only (`no_target_answers`,
+    no [SEG], no mask)."""
 
     source = "reason_seg"
 
     def __init__(self, folder: str | Path, queries_per_image: int = 3, probe_key: str | None = None,
-                 answers: list[str] | tuple[str, ...] | None = None):
+                 answers: list[str] | tuple[str, ...] | None = None,
+                 no_target_answers: list[str] | tuple[str, ...] | None = None,
+                 sentence_templates: list[str] | tuple[str, ...] | None = None):
         self.skipped: dict[str, int] = {}
+        self.sentence_templates = list(sentence_templates) if sentence_templates else LONG_QUESTIONS
         self.answers = list(answers) if answers else ANSWERS
+        self.no_target_answers = list(no_target_answers) if no_target_answers else NO_TARGET_ANSWERS
         self.records = scan(folder, self.skipped)
         self.queries_per_image = queries_per_image
         self.probe_key = probe_key  # annotation field holding a class index for the training-only probe
@@ -130,11 +136,14 @@ class ReasonSegDataset:
                 continue
             k = min(self.queries_per_image, len(rec.queries))
             queries = rng.sample(rec.queries, k)
+            present = bool(rec.annotation.get("shapes"))
             convs = []
             for q in queries:
-                question = (rng.choice(LONG_QUESTIONS).format(sent=q) if rec.is_sentence
+                question = (rng.choice(self.sentence_templates).format(sent=q) if rec.is_sentence
                             else rng.choice(SHORT_QUESTIONS).format(class_name=q.lower()))
-                convs.append([(question, rng.choice(self.answers))])
+                convs.append([(question, rng.choice(self.answers if present else self.no_target_answers))])
+            if not present:
+                return Sample(rec.name, convs, [], self.source, rec.image_path, image, [])
             target = (gt == 1).astype(np.uint8)
             probe = [int(rec.annotation[self.probe_key])] * k if self.probe_key else []
             return Sample(rec.name, convs, [target] * k, self.source, rec.image_path, image, probe)

@@ -23,3 +23,8 @@ ANSWERS = [
     "Sure, the segmentation result is [SEG].",
     "[SEG].",
 ]
+# Answers to a question whose target is not in the image (our household data; the reference has none): text only,
+# no [SEG], so a robot hears "there is none" instead of getting an empty mask.
+NO_TARGET_ANSWERS = [
+    "Sorry, I cannot find it in this image.",
+]

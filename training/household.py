@@ -1,0 +1,114 @@
+"""Household reasoning-segmentation data (ReasonSeg format) for the demo model `lisa-demo`.
+
+Frames of `lisa_ros.scenes.household` scenes with implicit questions about what a robot meets at home ("where
+would I put the clothes" -> the laundry basket), a few explicit ones ("the red mug") and questions about something
+that is not there (answered in words, without a mask). Whole phrasings are held out: `val_heldout` asks only
+phrasings that training never saw.
+
+    python -m training.household OUT_DIR [--train 3000 --val 100 --size 160 120]
+
+Writes OUT_DIR/{train,val,val_heldout,val_absent}/NNNNN.{jpg,json}: ReasonSeg's `text`, `is_sentence` and
+`shapes` (the target's outline; empty when the thing is absent), plus `query_kind_index` (the training-only probe's
+class), `kind`, and `objects` (every visible object's outline, for the query-blind baselines).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from lisa_ros.scenes.household import KINDS, render, sample_layout
+from lisa_ros.scenes.synthetic import SCANNET_COLOR
+
+# kind -> (phrasings used in training, phrasings held out for evaluation). Implicit: the question names a use or
+# a need, never the object.
+IMPLICIT: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "laundry_basket": (("where would I put the clothes", "where should the dirty laundry go",
+                        "something to carry the washing in", "where do the socks go after I take them off"),
+                       ("what holds the clothes waiting to be washed", "where can I toss my dirty shirt")),
+    "chair": (("where can I sit", "something to sit on", "where could I rest my legs", "what is meant for sitting"),
+              ("where can a guest take a seat", "what would I pull up to sit down")),
+    "table": (("where can I put my plate down", "where would I eat my dinner", "a flat surface to work at",
+               "where can I set down the groceries"),
+              ("where can I spread out my papers", "what can I put my laptop on")),
+    "waste_bin": (("where should the rubbish go", "where do I throw away this wrapper", "where does the trash go",
+                   "something for garbage"),
+                  ("where can I get rid of this empty can", "where should the banana peel go")),
+    "mug": (("something to drink from", "what can I pour coffee into", "what holds my tea",
+             "a cup for a hot drink"),
+            ("what could I fill with water to drink", "what would I use for my morning coffee")),
+    "plant": (("what needs watering", "the living thing that needs sunlight", "what grows leaves",
+               "something green that grows"),
+              ("what will wilt if I forget it", "what would like some fertiliser")),
+    "shelf": (("where can I store my books", "where do I put the books away", "what has shelves for storage",
+               "where can I display ornaments"),
+              ("where can I keep my folders", "where would the photo frames stand")),
+}
+EXPLICIT = {kind: (f"the {colour} {kind.replace('_', ' ')}",) for kind, (colour, _) in KINDS.items()}
+KIND_NAMES = list(KINDS)  # probe class = index here
+MIN_VISIBLE = 0.012  # a target must cover this share of the frame (partly hidden objects still count)
+
+
+def questions(kind: str, held_out: bool) -> tuple[str, ...]:
+    return IMPLICIT[kind][1] if held_out else IMPLICIT[kind][0] + EXPLICIT[kind]
+
+
+def _outlines(mask: np.ndarray) -> list[list[list[float]]]:
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return [c[:, 0, :].astype(float).tolist() for c in contours if len(c) >= 3]
+
+
+def make_sample(rng: np.random.Generator, size: tuple[int, int], mode: str) -> tuple[np.ndarray, dict]:
+    """One frame and its annotation. mode: "train" (training phrasings, 15 % absent-thing questions),
+    "val" / "val_heldout" (a visible target; training / held-out phrasings), "val_absent" (absent things)."""
+    while True:
+        present = [str(k) for k in rng.choice(KIND_NAMES, size=int(rng.integers(3, 6)), replace=False)]
+        layout = sample_layout(rng, present)
+        intrinsics = SCANNET_COLOR.scaled_to(*size)
+        rgb, _, ids, _ = render(intrinsics, layout.poses[0], layout.objects, layout.light, layout.brightness)
+        visible = {o.kind: (ids == i + 1) for i, o in enumerate(layout.objects)
+                   if (ids == i + 1).mean() >= MIN_VISIBLE}
+        placed = {o.kind for o in layout.objects}
+        absent = [k for k in KIND_NAMES if k not in placed]
+        ask_absent = mode == "val_absent" or (mode == "train" and rng.random() < 0.15)
+        if (ask_absent and absent) or (not ask_absent and visible):
+            break
+    kind = str(rng.choice(absent if ask_absent else sorted(visible)))
+    pool = questions(kind, held_out=mode == "val_heldout")
+    text = [str(q) for q in rng.permutation(pool)]
+    shapes = [] if ask_absent else [{"label": "target", "points": p, "shape_type": "polygon"}
+                                    for p in _outlines(visible[kind])]
+    objects = [{"kind": k, "polygons": _outlines(m)} for k, m in visible.items()]
+    return rgb, {"text": text, "is_sentence": True, "shapes": shapes, "kind": kind,
+                 "query_kind_index": KIND_NAMES.index(kind), "objects": objects}
+
+
+def write_split(out: Path, n: int, seed: int, mode: str, size: tuple[int, int]) -> None:
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        rgb, meta = make_sample(rng, size, mode)
+        cv2.imwrite(str(out / f"{i:05d}.jpg"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+        (out / f"{i:05d}.json").write_text(json.dumps(meta))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("out")
+    p.add_argument("--train", type=int, default=3000)
+    p.add_argument("--val", type=int, default=100)
+    p.add_argument("--size", type=int, nargs=2, default=(160, 120), metavar=("W", "H"))
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    size = tuple(a.size)
+    # different seeds: held-out splits are new scenes, never training frames
+    for split, n, offset in (("train", a.train, 0), ("val", a.val, 1), ("val_heldout", a.val, 2),
+                             ("val_absent", a.val, 3)):
+        write_split(Path(a.out) / split, n, a.seed * 10 + offset, split, size)
+
+
+if __name__ == "__main__":
+    main()
