@@ -22,14 +22,27 @@ class FeedbackPublisher:
         self.goal_handle, self.node, self.period = goal_handle, node, period
         self.started = time.monotonic()
         self._stage, self._last, self._generation_start = "", 0.0, None
+        self._held: tuple[str, list[int], float] | None = None  # what the throttle kept back, and when
 
     def __call__(self, stage: str, ids: list[int]) -> None:
         now = time.monotonic()
         if stage == GENERATING and self._generation_start is None:
             self._generation_start = now
         if stage == self._stage and now - self._last < self.period:
+            self._held = (stage, list(ids), now)
             return
-        self._stage, self._last = stage, now
+        if stage != self._stage and self._held is not None:
+            self._publish(*self._held)  # the last state of a stage is never lost to the throttle
+        self._stage, self._last, self._held = stage, now, None
+        self._publish(stage, ids, now)
+
+    def flush(self) -> None:
+        """Publish what the throttle kept back: a fast answer's final token count and rate."""
+        if self._held is not None:
+            self._publish(*self._held)
+            self._held = None
+
+    def _publish(self, stage: str, ids: list[int], now: float) -> None:
         fb = ReasonSegment.Feedback(stage=stage, generated_tokens=len(ids), elapsed=now - self.started)
         if stage == WAITING:
             fb.queue_position = self.node.queue.position(self)
@@ -54,6 +67,7 @@ class ReasonSegmentActionServer:
         answer = self.node.run(self.node.request_from(goal_handle.request),
                                cancelled=lambda: "cancelled by the client" if goal_handle.is_cancel_requested
                                else None, progress=feedback)
+        feedback.flush()
         result = ReasonSegment.Result()
         answer.fill_response(result)
         if not self.node.context.ok():  # SIGINT / SIGTERM: nobody is left to tell the goal's status to

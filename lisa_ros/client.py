@@ -100,6 +100,8 @@ class OneShotClient(Node):
             rclpy.spin_until_future_complete(self, result, timeout_sec=10.0)
             if not result.done():
                 raise TimeoutError("the node did not end the cancelled goal") from None
+        for _ in range(3):  # the last feedback is published just before the result and may arrive just after it
+            rclpy.spin_once(self, timeout_sec=0.02)
         print(file=sys.stderr)
         return result.result().result
 

@@ -82,6 +82,27 @@ class Peer:
             self.executor.spin_once(timeout_sec=0.05)
         return condition()
 
+    def deliver_frame(self, publisher, frame, timeout: float = 20.0) -> None:
+        """Publish `frame` until the node's /diagnostics count a colour frame more than before. One publish right
+        after the publisher matched can be lost: the node's side of the connection may not be up yet."""
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        reports = self.subscribe(DiagnosticArray, "/diagnostics")
+        if not self.spin_until(lambda: reports, 10):
+            raise TimeoutError("no /diagnostics report from the node")
+
+        def received() -> int:
+            return int(next(kv.value for kv in reports[-1].status[0].values if kv.key == "color_frames_received"))
+
+        before = received()
+
+        def taken() -> bool:
+            publisher.publish(frame)
+            return received() > before
+
+        if not self.spin_until(taken, timeout):
+            raise TimeoutError(f"the node took no colour frame in {timeout} s")
+
     def call(self, srv_type, name: str, request, timeout: float = 120.0):
         """One call from a client kept per service (discovered once, so later calls time only the call)."""
         client = self._clients.get((srv_type, name))

@@ -42,9 +42,12 @@ def test_depth_and_instances_agree_with_the_true_centroids(scene):
 
 
 def test_questions_hold_whole_phrasings_out():
+    """Held-out phrasings are sentences training never saw, made of words it did see (for this kind)."""
     for kind in KIND_NAMES:
         train, held_out = IMPLICIT[kind]
-        assert not set(train) & set(held_out) and len(train) >= 4 and len(held_out) >= 2
+        assert not set(train) & set(held_out) and len(train) >= 8 and len(held_out) >= 3
+        vocabulary = {w for q in train for w in q.lower().split()}
+        assert all(set(q.lower().split()) <= vocabulary for q in held_out), kind
         assert EXPLICIT[kind][0].startswith("the ")
 
 

@@ -258,8 +258,7 @@ def run_client(domain: int, out, *args) -> subprocess.Popen:
 
 def test_client_action_shows_progress_and_ctrl_c_cancels(peer, domain, tmp_path):
     camera = peer.node.create_publisher(Image, "/camera/color/image_raw", 10)
-    assert peer.spin_until(lambda: camera.get_subscription_count() > 0, 10)
-    camera.publish(solid_image(60, 80, stamp_sec=600)[1])
+    peer.deliver_frame(camera, solid_image(60, 80, stamp_sec=600)[1])
     client = run_client(domain, tmp_path / "short", "--max-new-tokens", "40", "the cup")
     out, err = client.communicate(timeout=90)
     summary = json.loads((tmp_path / "short" / "answer.json").read_text())

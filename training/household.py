@@ -23,29 +23,45 @@ import numpy as np
 from lisa_ros.scenes.household import KINDS, render, sample_layout
 from lisa_ros.scenes.synthetic import SCANNET_COLOR
 
-# kind -> (phrasings used in training, phrasings held out for evaluation). Implicit: the question names a use or
-# a need, never the object.
+# kind -> (phrasings used in training, phrasings held out for evaluation). Implicit: the question names a use or a
+# need, never the object. A model trained from scratch knows only the words it was trained on, so the held-out
+# phrasings are new sentences made of words the training phrasings use (test_household checks this); a pretrained
+# LISA would also understand new words.
 IMPLICIT: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "laundry_basket": (("where would I put the clothes", "where should the dirty laundry go",
-                        "something to carry the washing in", "where do the socks go after I take them off"),
-                       ("what holds the clothes waiting to be washed", "where can I toss my dirty shirt")),
-    "chair": (("where can I sit", "something to sit on", "where could I rest my legs", "what is meant for sitting"),
-              ("where can a guest take a seat", "what would I pull up to sit down")),
+                        "where do the dirty socks go", "where can I toss my clothes", "where should my dirty shirt go",
+                        "what holds the laundry", "where do I put the washing", "where can I put the dirty towels",
+                        "what holds the dirty clothes", "where should the socks go"),
+                       ("where can I toss my dirty shirt", "what holds the dirty socks", "where should the towels go")),
+    "chair": (("where can I sit", "something to sit on", "where could I rest my legs", "what is meant for sitting",
+               "where can I sit down", "where could a guest sit", "something to rest on", "where can I take a seat",
+               "what could I sit on while I eat", "where could I rest"),
+              ("where can a guest take a seat", "something to sit on while I eat", "where could I sit to rest my legs")),
     "table": (("where can I put my plate down", "where would I eat my dinner", "a flat surface to work at",
-               "where can I set down the groceries"),
-              ("where can I spread out my papers", "what can I put my laptop on")),
+               "where can I set down the groceries", "where can I put my laptop", "a surface to eat at",
+               "where would I work", "where can I set my plate", "where do I put the groceries",
+               "a flat surface for my dinner"),
+              ("where can I set down my laptop", "a flat surface to eat my dinner at", "where would I put the plate")),
     "waste_bin": (("where should the rubbish go", "where do I throw away this wrapper", "where does the trash go",
-                   "something for garbage"),
-                  ("where can I get rid of this empty can", "where should the banana peel go")),
-    "mug": (("something to drink from", "what can I pour coffee into", "what holds my tea",
-             "a cup for a hot drink"),
-            ("what could I fill with water to drink", "what would I use for my morning coffee")),
+                   "something for garbage", "where can I throw the empty can", "where do I put the rubbish",
+                   "where should the banana peel go", "something for the trash", "where can I throw away garbage",
+                   "where does the wrapper go"),
+                  ("where do I throw away this banana peel", "where should the empty can go",
+                   "something for the rubbish")),
+    "mug": (("something to drink from", "what can I pour coffee into", "what holds my tea", "a cup for a hot drink",
+             "what would I drink my morning coffee from", "what can I fill with water", "a cup for tea",
+             "something for my coffee", "what holds a hot drink", "what can I pour water into"),
+            ("what can I pour tea into", "a cup for my morning coffee", "something to fill with water")),
     "plant": (("what needs watering", "the living thing that needs sunlight", "what grows leaves",
-               "something green that grows"),
-              ("what will wilt if I forget it", "what would like some fertiliser")),
+               "something green that grows", "what will wilt if I forget to water it", "what needs some fertiliser",
+               "the living thing with green leaves", "what grows in the sunlight", "what needs water to grow",
+               "something living that needs care"),
+              ("what grows green leaves", "the living thing that needs watering", "something that needs sunlight")),
     "shelf": (("where can I store my books", "where do I put the books away", "what has shelves for storage",
-               "where can I display ornaments"),
-              ("where can I keep my folders", "where would the photo frames stand")),
+               "where can I display ornaments", "where can I keep my folders", "where would the photo frames stand",
+               "where can I put my books", "what can I store ornaments on", "where do the folders go",
+               "something with shelves"),
+              ("where can I store my folders", "where would the books stand", "where can I display the photo frames")),
 }
 EXPLICIT = {kind: (f"the {colour} {kind.replace('_', ' ')}",) for kind, (colour, _) in KINDS.items()}
 KIND_NAMES = list(KINDS)  # probe class = index here
