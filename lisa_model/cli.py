@@ -20,6 +20,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", required=True, help=f"checkpoint folder, hub id, or {TINY_RANDOM!r} (offline, "
                                                   "random weights: meaningless masks)")
     p.add_argument("--vision-tower", default=None, help="CLIP folder or hub id (default: the checkpoint's)")
+    p.add_argument("--family", default=None, help="model family override (lisa, read, uground, gsva, glamm); "
+                                                  "default: recognised from the checkpoint")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--conv-template", default=None, choices=[None, "llava_v1", "llava_llama_2"])
@@ -43,12 +45,13 @@ def read_rgb(path: str) -> np.ndarray:
 def write_outputs(out: Path, stem: str, image: np.ndarray, result, extra: dict) -> dict:
     """Write overlay, per-mask PNGs (0/255) and result JSON into `out`; return the JSON content."""
     out.mkdir(parents=True, exist_ok=True)
-    overlay = draw_overlay(image, result.masks, result.text)
+    overlay = draw_overlay(image, result.masks, result.text, labels=result.labels)
     cv2.imwrite(str(out / f"{stem}_overlay.png"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
     for i, mask in enumerate(result.masks):
         cv2.imwrite(str(out / f"{stem}_mask_{i}.png"), mask.astype(np.uint8) * 255)
     summary = {"text": result.text, "output_ids": result.output_ids, "input_ids": result.input_ids,
                "num_masks": int(len(result.masks)), "mask_areas": [int(m.sum()) for m in result.masks],
+               "mask_labels": result.labels, "rejected": result.rejected, "family": result.family,
                "image_hw": list(image.shape[:2]), "timings_s": result.timings, **extra}
     (out / f"{stem}_result.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -61,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         seg = LisaSegmenter.from_pretrained(args.model, vision_tower=args.vision_tower, device=args.device,
                                             dtype=args.dtype, conv_template=args.conv_template,
-                                            load_in_8bit=args.load_in_8bit, load_in_4bit=args.load_in_4bit)
+                                            load_in_8bit=args.load_in_8bit, load_in_4bit=args.load_in_4bit,
+                                            family=args.family)
         load_s = time.perf_counter() - t0
         result = seg.segment(image, args.instruction, max_new_tokens=args.max_new_tokens, explain=args.explain)
     except (CheckpointError, ValueError, RuntimeError, OSError) as e:

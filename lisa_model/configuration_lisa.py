@@ -68,6 +68,8 @@ class LisaConfig(LlavaConfig):
     mm_use_im_start_end: bool = True
     conv_template: str = "llava_v1"
     vision_tower_name: str | None = None  # where the CLIP tower came from (hub id or path), for provenance
+    family: str = "lisa"  # the model family (lisa_model.families): LISA, or a successor with its own prompts
+    family_options: dict | None = None  # what the family reads from its released config (see its module)
 
     @property
     def sam_geometry(self) -> SamGeometry:

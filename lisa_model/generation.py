@@ -26,14 +26,19 @@ class GenerationOutput:
     seg_states: torch.Tensor
     prefill_time: float = 0.0
     step_times: list[float] = field(default_factory=list)
+    kept_states: torch.Tensor | None = None  # [k, H] prefill states at `keep` (e.g. the image tokens)
 
 
 @torch.no_grad()
 def greedy_generate(model: LisaForSegmentation, inputs_embeds: torch.Tensor, max_new_tokens: int,
                     eos_token_id: int, seg_token_id: int, use_cache: bool = True,
                     prompt_seg_states: torch.Tensor | None = None,
-                    on_token: Callable[[list[int]], None] | None = None) -> GenerationOutput:
+                    on_token: Callable[[list[int]], None] | None = None,
+                    keep: slice | None = None) -> GenerationOutput:
     """Greedy decoding from spliced prompt embeddings [1, T, H].
+
+    keep: prompt positions whose final-layer states are returned as `kept_states` (a causal model's state of a
+    prompt position never changes as tokens follow, so the prefill's are final).
 
     prompt_seg_states: states for [SEG] tokens already in the prompt (the reference turns those into masks
     too); they come first in the output, as they do in the reference.
@@ -43,14 +48,14 @@ def greedy_generate(model: LisaForSegmentation, inputs_embeds: torch.Tensor, max
     ids: list[int] = []
     try:
         return _generate(model, inputs_embeds, max_new_tokens, eos_token_id, seg_token_id, use_cache,
-                         prompt_seg_states, on_token, ids)
+                         prompt_seg_states, on_token, ids, keep)
     except InferenceInterrupted as e:
         e.output_ids, e.stage = list(ids), "generating"
         raise
 
 
 def _generate(model, inputs_embeds, max_new_tokens, eos_token_id, seg_token_id, use_cache, prompt_seg_states,
-              on_token, ids: list[int]) -> GenerationOutput:
+              on_token, ids: list[int], keep: slice | None) -> GenerationOutput:
     lm = model.model.language_model
     embed = lm.get_input_embeddings()
     cache = DynamicCache(config=model.config.text_config) if use_cache else None
@@ -59,6 +64,7 @@ def _generate(model, inputs_embeds, max_new_tokens, eos_token_id, seg_token_id, 
     t0 = time.perf_counter()
     out = lm(inputs_embeds=inputs_embeds, past_key_values=cache, use_cache=use_cache)
     state = out.last_hidden_state[:, -1]
+    kept = None if keep is None else out.last_hidden_state[0, keep]
     prefill_time = time.perf_counter() - t0
     step_times: list[float] = []
     sequence = inputs_embeds
@@ -85,4 +91,5 @@ def _generate(model, inputs_embeds, max_new_tokens, eos_token_id, seg_token_id, 
     hidden = model.config.text_config.hidden_size
     stacked = (torch.stack(seg_states) if seg_states
                else inputs_embeds.new_zeros((0, hidden)))
-    return GenerationOutput(ids=ids, seg_states=stacked, prefill_time=prefill_time, step_times=step_times)
+    return GenerationOutput(ids=ids, seg_states=stacked, prefill_time=prefill_time, step_times=step_times,
+                            kept_states=kept)

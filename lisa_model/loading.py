@@ -17,6 +17,7 @@ from transformers import CLIPVisionConfig, LlamaConfig
 from .checkpoint import (CheckpointError, clip_to_ours, released_to_ours, stream_into, tensor_shapes,
                          weight_files)
 from .configuration_lisa import PROJECTOR_LINEAR, PROJECTOR_MLP2X_GELU, LisaConfig
+from .families import Family, detect_family, family_named
 from .modeling.lisa import LisaForSegmentation
 from .modeling.sam import infer_sam_geometry
 
@@ -91,8 +92,8 @@ def _clip_vision_config(folder: Path) -> CLIPVisionConfig:
 
 
 def released_config(raw: dict, shapes: dict[str, torch.Size], clip: CLIPVisionConfig, seg_token_id: int,
-                    conv_template: str, vision_tower_name: str) -> LisaConfig:
-    """LisaConfig for a released LISAForCausalLM checkpoint (its config.json + its tensor shapes)."""
+                    conv_template: str, vision_tower_name: str, family: Family) -> LisaConfig:
+    """LisaConfig for a released checkpoint of `family` (its config.json + its tensor shapes)."""
     text_keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                  "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "hidden_act", "bos_token_id",
                  "eos_token_id", "pad_token_id", "rope_theta")
@@ -114,7 +115,7 @@ def released_config(raw: dict, shapes: dict[str, torch.Size], clip: CLIPVisionCo
         vision_feature_select_strategy="default" if raw.get("mm_vision_select_feature", "patch") == "patch"
         else "full",
         conv_template=conv_template, image_token_index=text.vocab_size, vision_tower_name=vision_tower_name,
-        tie_word_embeddings=False,
+        tie_word_embeddings=False, family=family.name, family_options=family.config_options(raw, shapes),
     )
 
 
@@ -126,10 +127,11 @@ def empty_model(config: LisaConfig) -> LisaForSegmentation:
 
 
 def load_released(folder: Path, vision_tower: str | Path | None, seg_token_id: int, conv_template: str,
-                  dtype: torch.dtype, device: str) -> LisaForSegmentation:
+                  dtype: torch.dtype, device: str, family: str | None = None) -> LisaForSegmentation:
     raw = read_config(folder)
     files = weight_files(folder)
     shapes = tensor_shapes(files)
+    chosen = family_named(family) if family else detect_family(raw, shapes, str(folder))
     tower_name = str(vision_tower or raw.get("vision_tower") or raw.get("mm_vision_tower") or "")
     if not tower_name:
         raise CheckpointError(f"{folder / 'config.json'} names no vision tower; pass vision_tower=")
@@ -138,38 +140,43 @@ def load_released(folder: Path, vision_tower: str | Path | None, seg_token_id: i
     if clip_folder is None:
         raise CheckpointError("checkpoints that embed CLIP need its config: pass vision_tower=")
     config = released_config(raw, shapes, _clip_vision_config(clip_folder), seg_token_id, conv_template,
-                             tower_name)
+                             tower_name, chosen)
     model = empty_model(config)
-    sources = [(weight_files(clip_folder), clip_to_ours), (files, released_to_ours)]
+
+    def rename(key: str) -> str | None:
+        name = chosen.rename(key)
+        return released_to_ours(key) if name is False else name
+
+    sources = [(weight_files(clip_folder), clip_to_ours), (files, rename)]
     stream_into(model, sources, dtype_for(dtype), device)
     return model
 
 
-def load_ours(folder: Path, dtype: torch.dtype, device: str) -> LisaForSegmentation:
+def load_ours(folder: Path, dtype: torch.dtype, device: str, family: str | None = None) -> LisaForSegmentation:
     try:
         config = LisaConfig.from_pretrained(str(folder))
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"{folder / 'config.json'}: not a valid LisaConfig ({e})") from None
+    if family:
+        config.family = family_named(family).name
     model = empty_model(config)
     stream_into(model, [(weight_files(folder), lambda k: k)], dtype_for(dtype), device)
     return model
 
 
 def load_model(folder: Path, vision_tower: str | Path | None, seg_token_id: int, conv_template: str | None,
-               dtype: torch.dtype, device: str, name: str = "") -> LisaForSegmentation:
-    """Dispatch on config.json: our layout (model_type "lisa") or the released one (LISAForCausalLM).
+               dtype: torch.dtype, device: str, name: str = "", family: str | None = None) -> LisaForSegmentation:
+    """Dispatch on config.json: our layout (model_type "lisa", its family in the config) or a released one (the
+    family recognised from the config's architectures and the weights' key names, or `family` when given).
 
     name: the folder or hub id the user gave, from which the released template is guessed.
     """
     raw = read_config(folder)
     if raw.get("model_type") == LisaConfig.model_type:
-        model = load_ours(folder, dtype, device)
+        model = load_ours(folder, dtype, device, family)
         if conv_template:
             model.config.conv_template = conv_template
-    elif "LISAForCausalLM" in (raw.get("architectures") or []):
-        model = load_released(folder, vision_tower, seg_token_id, conv_template or guess_conv_template(
-            name or str(folder)), dtype, device)
     else:
-        raise CheckpointError(f"{folder / 'config.json'}: unknown architecture {raw.get('architectures')} / "
-                              f"model_type {raw.get('model_type')!r}; expected LISAForCausalLM or lisa")
+        model = load_released(folder, vision_tower, seg_token_id, conv_template or guess_conv_template(
+            name or str(folder)), dtype, device, family)
     return model.eval()

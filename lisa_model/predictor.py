@@ -43,6 +43,9 @@ class SegmentationResult:
     input_ids: list[int] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what went wrong without losing the answer (e.g. decoding)
+    labels: list[str] = field(default_factory=list)  # per mask: the phrase it grounds ("" when none is given)
+    rejected: list[str] = field(default_factory=list)  # targets the model says are absent (GSVA's [REJ])
+    family: str = "lisa"  # the model family that answered (lisa_model.families)
 
 
 @dataclass
@@ -54,6 +57,7 @@ class ImageFeatures:
     sam_embedding: torch.Tensor  # [1, 256, g, g]
     input_size: tuple[int, int]  # SAM-resized (h, w) before padding
     original_size: tuple[int, int]
+    clip_valid_size: tuple[int, int] | None = None  # the image inside CLIP's square, for families that pad
 
 
 class LisaSegmenter:
@@ -74,9 +78,13 @@ class LisaSegmenter:
     def from_pretrained(cls, path_or_id: str | Path, vision_tower: str | Path | None = None, device: str = "cpu",
                         dtype: str | torch.dtype = "float32", conv_template: str | None = None,
                         load_in_8bit: bool = False, load_in_4bit: bool = False, check_memory: bool = True,
-                        memory_limit_bytes: int | None = None) -> "LisaSegmenter":
-        """Load a released LISA checkpoint, one saved by `save_pretrained`, a built-in one by name ("lisa-demo",
-        see builtin.py), or "tiny-random" (offline, random weights: its masks are meaningless).
+                        memory_limit_bytes: int | None = None, family: str | None = None) -> "LisaSegmenter":
+        """Load a released checkpoint of any family (LISA, LISA++, READ, UGround, GSVA, GLaMM: see
+        `lisa_model.families`), one saved by `save_pretrained`, a built-in one by name ("lisa-demo", see
+        builtin.py), or "tiny-random" (offline, random weights: its masks are meaningless).
+
+        family: the model family, recognised from the checkpoint when None (config + weight names); naming one
+        overrides that (and picks the family of "tiny-random").
 
         check_memory: before reading any weight, estimate what the dtype / quantisation needs and raise
         InsufficientMemoryError when it exceeds `memory_limit_bytes` (default: free RAM, or free VRAM on CUDA)."""
@@ -88,7 +96,7 @@ class LisaSegmenter:
         if str(path_or_id) == TINY_RANDOM:
             from .tiny import build_tiny_segmenter
 
-            seg = build_tiny_segmenter()
+            seg = build_tiny_segmenter(family=family or "lisa")
             cast_parameters(seg.model, torch_dtype)
             seg.model.to(device)
             _quantize_if_asked(seg.model, load_in_8bit, load_in_4bit)
@@ -104,7 +112,7 @@ class LisaSegmenter:
                        memory_limit_bytes)
         tokenizer = LisaTokenizer.from_pretrained(folder)
         model = load_model(folder, vision_tower, tokenizer.seg_token_id, conv_template, torch_dtype, device,
-                           name=str(path_or_id))
+                           name=str(path_or_id), family=family)
         if model.config.seg_token_id != tokenizer.seg_token_id:
             raise CheckpointError(f"{folder}: config seg_token_id {model.config.seg_token_id} != tokenizer's "
                                   f"[SEG] id {tokenizer.seg_token_id}")
@@ -266,21 +274,26 @@ class LisaSegmenter:
             positions = model.seg_state_positions(ids)[0]
             prompt_seg = model.language_states(embeds)[0, positions]
         timings["tokenize"] = time.perf_counter() - t0
+        image_at = input_ids.index(IMAGE_TOKEN_INDEX)
+        keep = slice(image_at, image_at + feats.clip_tokens.shape[1]) if model.family.needs_image_states else None
         gen = greedy_generate(model, embeds, max_new_tokens, self.tokenizer.eos_token_id, cfg.seg_token_id,
                               use_cache=use_cache, prompt_seg_states=prompt_seg,
-                              on_token=lambda so_far: progress("generating", so_far))
+                              on_token=lambda so_far: progress("generating", so_far), keep=keep)
         timings["prefill"] = gen.prefill_time
         timings["decode_per_token"] = float(np.mean(gen.step_times)) if gen.step_times else 0.0
         timings["decode_total"] = float(np.sum(gen.step_times))
         t1 = time.perf_counter()
         h, w = feats.original_size
         seg_states, notes = gen.seg_states, []
+        parts = model.family.read_answer(gen.ids, self.tokenizer)
+        labels = [""] * (len(seg_states) - len(parts.labels)) + parts.labels  # [SEG]s of the prompt come first
         if max_masks is not None and len(seg_states) > max_masks:
             notes.append(f"{len(seg_states)} [SEG] tokens; masks decoded for the first {max_masks} only")
-            seg_states = seg_states[:max_masks]
+            seg_states, labels = seg_states[:max_masks], labels[:max_masks]
         if len(seg_states):
             progress("decoding_masks", gen.ids)
-            logits = model.masks_from_states(seg_states, feats.sam_embedding, feats.input_size, (h, w))
+            logits = model.masks_from_states(seg_states, feats.sam_embedding, feats.input_size, (h, w),
+                                             gen.kept_states, feats.clip_valid_size)
             logits_np = logits.float().cpu().numpy()
         else:
             logits_np = np.zeros((0, h, w), np.float32)
@@ -289,7 +302,12 @@ class LisaSegmenter:
         timings["mask_decode"] = t2 - t1
         timings["postprocess"] = time.perf_counter() - t2
         return SegmentationResult(text=text, output_ids=gen.ids, masks=logits_np > 0, mask_logits=logits_np,
-                                  input_ids=input_ids, timings=timings, notes=notes + decode_notes)
+                                  input_ids=input_ids, timings=timings, notes=notes + decode_notes, labels=labels,
+                                  rejected=parts.rejected, family=model.family.name)
+
+    def plain_text(self, text: str) -> str:
+        """`text` without the family's [SEG] / control tokens, whitespace collapsed (what a robot shows or says)."""
+        return self.model.family.plain_text(text)
 
     def decode(self, ids: list[int]) -> tuple[str, list[str]]:
         """Text of `ids`; ids the tokenizer cannot decode (an lm_head wider than the vocabulary) are dropped
@@ -317,7 +335,9 @@ class LisaSegmenter:
         self._answer(feats, self.prompt_ids("warm up"), 2, True, {}, lambda stage, ids: None)
         hidden = self.model.config.text_config.hidden_size
         state = torch.zeros((1, hidden), dtype=self.model.lm_head.weight.dtype, device=self.device)
-        self.model.masks_from_states(state, feats.sam_embedding, feats.input_size, feats.original_size)
+        image_states = torch.zeros((feats.clip_tokens.shape[1], hidden), dtype=state.dtype, device=self.device)
+        self.model.masks_from_states(state, feats.sam_embedding, feats.input_size, feats.original_size,
+                                     image_states, feats.clip_valid_size)
         self._cache.pop(feats.key, None)
         return time.perf_counter() - t0
 

@@ -88,12 +88,18 @@ def build_tiny_model(tokenizer: LisaTokenizer, seed: int = 0, config: LisaConfig
     return model.eval()
 
 
-def build_tiny_segmenter(seed: int = 0, config_fn=tiny_config):
-    """A LisaSegmenter around a tiny random model (what `LisaSegmenter.from_pretrained("tiny-random")` gives)."""
+def build_tiny_segmenter(seed: int = 0, config_fn=tiny_config, family: str = "lisa"):
+    """A LisaSegmenter around a tiny random model of `family` (what `LisaSegmenter.from_pretrained("tiny-random",
+    family=...)` gives)."""
     from .predictor import LisaSegmenter
 
+    from .families import family_named
+
     tok = tiny_tokenizer()
-    model = build_tiny_model(tok, seed, config_fn(tok.vocab_size, tok.seg_token_id))
+    tok.add_tokens(family_named(family).extra_tokens)
+    config = config_fn(tok.vocab_size, tok.seg_token_id)
+    config.family = family
+    model = build_tiny_model(tok, seed, config)
     return LisaSegmenter(model, tok)
 
 

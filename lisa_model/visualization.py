@@ -15,9 +15,11 @@ def mask_colour(index: int) -> tuple[int, int, int]:
     return tuple(int(c) for c in PALETTE[index % len(PALETTE)])
 
 
-def draw_overlay(image: np.ndarray, masks: np.ndarray, caption: str = "", alpha: float = 0.5) -> np.ndarray:
-    """image: HxWx3 uint8 RGB; masks: bool [N, H, W] -> HxWx3 uint8 RGB with masks blended and outlined and
-    `caption` wrapped in a dark band at the top."""
+def draw_overlay(image: np.ndarray, masks: np.ndarray, caption: str = "", alpha: float = 0.5,
+                 labels: list[str] | None = None) -> np.ndarray:
+    """image: HxWx3 uint8 RGB; masks: bool [N, H, W] -> HxWx3 uint8 RGB with masks blended and outlined,
+    each mask's label (the phrase it grounds, when the model gives one) written at its top-left, and `caption`
+    wrapped in a dark band at the top."""
     out = image.copy()
     for i, mask in enumerate(masks):
         if not mask.any():
@@ -26,6 +28,11 @@ def draw_overlay(image: np.ndarray, masks: np.ndarray, caption: str = "", alpha:
         out[mask] = (out[mask].astype(np.float32) * (1 - alpha) + colour * alpha).astype(np.uint8)
         contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(out, contours, -1, mask_colour(i), max(1, image.shape[1] // 320))
+        if labels and i < len(labels) and labels[i]:
+            ys, xs = np.nonzero(mask)
+            scale = max(0.35, image.shape[1] / 1600)
+            cv2.putText(out, labels[i].encode("ascii", "replace").decode(), (int(xs.min()), max(12, int(ys.min()))),
+                        cv2.FONT_HERSHEY_SIMPLEX, scale, mask_colour(i), 1, cv2.LINE_AA)
     if caption:
         out = _caption(out, caption)
     return out

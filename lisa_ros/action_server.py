@@ -12,7 +12,7 @@ from rclpy.action import ActionServer, CancelResponse, GoalResponse
 
 from lisa_ros.action import ReasonSegment
 
-from .answering import GENERATING, WAITING, clean_answer
+from .answering import GENERATING, WAITING
 
 
 class FeedbackPublisher:
@@ -48,7 +48,7 @@ class FeedbackPublisher:
             fb.queue_position = self.node.queue.position(self)
         segmenter = self.node.segmenter
         if ids and segmenter is not None:
-            fb.text = clean_answer(segmenter.decode(ids)[0])
+            fb.text = segmenter.plain_text(segmenter.decode(ids)[0])
             if self._generation_start is not None and now > self._generation_start:
                 fb.tokens_per_second = len(ids) / (now - self._generation_start)
         self.goal_handle.publish_feedback(fb)

@@ -6,7 +6,6 @@ instruction length, generation budget, the model's context, a wall-clock budget 
 """
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -17,16 +16,9 @@ from .frames import Frame
 from .geometry import Target3DResult, targets_3d
 from .image_conversion import ImageConversionError, color_to_rgb, depth_to_metres
 
-SEG_TOKEN_RE = re.compile(r"\s*\[SEG\]\s*")
-
 # Feedback stages, in the order a request goes through them (also the action's STAGE_* constants).
 WAITING, ENCODING_IMAGE, GENERATING, DECODING_MASKS, COMPUTING_3D = (
     "waiting", "encoding_image", "generating", "decoding_masks", "computing_3d")
-
-
-def clean_answer(text: str) -> str:
-    """The answer as a robot reads it: [SEG] tokens removed, whitespace collapsed."""
-    return " ".join(SEG_TOKEN_RE.sub(" ", text).split())
 
 
 @dataclass
@@ -55,6 +47,10 @@ class Answer:
     inference_time: float = 0.0  # s
     generated_tokens: int = 0
     image_encoding_time: float = 0.0  # s of CLIP + SAM encoding; 0 when the image's encoding was reused
+    labels: list[str] = field(default_factory=list)  # per mask: the phrase it grounds ("" when none)
+    rejected: list[str] = field(default_factory=list)  # targets the model says are absent, with their phrases
+    family: str = ""  # the model family that answered
+    checkpoint: str = ""  # the node's model parameter
 
     @classmethod
     def failure(cls, message: str, instruction: str = "", **fields) -> "Answer":
@@ -75,6 +71,11 @@ class Answer:
         msg.inference_time = float(self.inference_time)
         msg.generated_tokens = int(self.generated_tokens)
         msg.image_encoding_time = float(self.image_encoding_time)
+        msg.mask_labels = list(self.labels)
+        msg.rejected = bool(self.rejected)
+        msg.rejected_labels = list(self.rejected)
+        msg.model_family = self.family
+        msg.model_checkpoint = self.checkpoint
 
     def fill_response(self, response) -> None:
         response.success = self.success
@@ -115,7 +116,7 @@ def answer_request(segmenter, settings, req: Request, should_stop: Callable[[], 
         result = segmenter.segment(image, instruction.strip(), max_new_tokens=tokens, explain=req.explain,
                                    should_stop=should_stop, on_progress=on_progress, max_masks=settings.max_masks)
     except InferenceInterrupted as e:
-        return Answer.failure(f"stopped while {e.stage}: {e.reason}", instruction, text=clean_answer(e.text),
+        return Answer.failure(f"stopped while {e.stage}: {e.reason}", instruction, text=segmenter.plain_text(e.text),
                               header=req.frame.color.header, generated_tokens=len(e.output_ids),
                               inference_time=time.perf_counter() - t0)
     except ValueError as e:  # the library's checks of the caller's input (context, image shape, ...)
@@ -134,9 +135,13 @@ def answer_request(segmenter, settings, req: Request, should_stop: Callable[[], 
     notes = [n for n in (cap_note, *result.notes) if n]
     if len(masks) == 0:
         notes.append("no [SEG] in the answer: text only")
-    answer = Answer(success=True, instruction=instruction, text=clean_answer(result.text), header=req.frame.color.header,
-                    image=image, masks=masks, scores=scores, areas=[int(m.sum()) for m in masks],
-                    generated_tokens=len(result.output_ids), image_encoding_time=encoding, inference_time=elapsed)
+    if result.rejected:
+        notes.append(f"{len(result.rejected)} target(s) rejected: not in the image")
+    answer = Answer(success=True, instruction=instruction, text=segmenter.plain_text(result.text),
+                    header=req.frame.color.header, image=image, masks=masks, scores=scores,
+                    areas=[int(m.sum()) for m in masks], generated_tokens=len(result.output_ids),
+                    image_encoding_time=encoding, inference_time=elapsed, labels=list(result.labels),
+                    rejected=list(result.rejected), family=result.family)
     if on_progress is not None and len(masks) and req.frame.depth is not None:
         on_progress(COMPUTING_3D, result.output_ids)
     try:

@@ -54,6 +54,8 @@ def build_diagnostics(node, status: NodeStatus, stale_after: float):
     age = now - stamp_seconds(latest.color.header) if latest is not None else float("inf")
     rate = status.frame_rate(node.frames.received)
     problems = []
+    model = getattr(node.segmenter, "model", None)  # read once: a deactivate may release it meanwhile
+    family = model.family.name if model is not None else ""
     if node.segmenter is None:
         problems.append("model not loaded (lifecycle state is not active)")
     if status.last_error:
@@ -64,6 +66,7 @@ def build_diagnostics(node, status: NodeStatus, stale_after: float):
         problems.append(f"newest frame is {age:.1f} s old")
     values = {
         "model": s.model, "device": s.device, "dtype": s.dtype,
+        "family": family,
         "model_loaded": str(node.segmenter is not None),
         "color_frames_received": str(node.frames.received),
         "color_rate_hz": f"{rate:.2f}",

@@ -126,7 +126,8 @@ class LisaNode(LifecycleNode):
                 s.model, vision_tower=s.vision_tower or None, device=s.device, dtype=s.dtype,
                 conv_template=s.conv_template or None, load_in_8bit=s.load_in_8bit, load_in_4bit=s.load_in_4bit,
                 check_memory=s.memory_limit_mb >= 0,
-                memory_limit_bytes=s.memory_limit_mb * 2**20 if s.memory_limit_mb > 0 else None)
+                memory_limit_bytes=s.memory_limit_mb * 2**20 if s.memory_limit_mb > 0 else None,
+                family=s.family or None)
             loaded = time.perf_counter() - t0
             self.status.warmup_s = segmenter.warm_up() if s.warmup else 0.0
         except Exception as e:  # noqa: BLE001 - a bad checkpoint must not kill the node
@@ -135,7 +136,8 @@ class LisaNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self.segmenter = segmenter
         self.status.last_error = ""
-        self.get_logger().info(f"model {s.model!r} loaded on {s.device} ({s.dtype}) in {loaded:.1f} s"
+        self.get_logger().info(f"model {s.model!r} ({segmenter.model.family.name}) loaded on {s.device} "
+                               f"({s.dtype}) in {loaded:.1f} s"
                                + (f", warmed up in {self.status.warmup_s:.1f} s" if s.warmup else ""))
         return super().on_activate(state)
 
@@ -248,7 +250,9 @@ class LisaNode(LifecycleNode):
                 return f"time budget of {budget:g} s exceeded (parameter max_inference_seconds)"
             return cancelled() or self.stop_reason
 
-        return answer_request(segmenter, self.settings, req, should_stop, progress)
+        answer = answer_request(segmenter, self.settings, req, should_stop, progress)
+        answer.family, answer.checkpoint = segmenter.model.family.name, self.settings.model
+        return answer
 
     def _publish_diagnostics(self) -> None:
         if self._diagnostics is not None:

@@ -69,15 +69,16 @@ class OutputPublishers:
             union = a.masks.any(0) if len(a.masks) else np.zeros(a.image.shape[:2], bool)
             self.mask.publish(mask_to_image(union, a.header))
         if self.overlay is not None and a.image is not None:
-            self.overlay.publish(rgb_to_image(draw_overlay(a.image, a.masks, a.text), a.header))
+            self.overlay.publish(rgb_to_image(draw_overlay(a.image, a.masks, a.text, labels=a.labels), a.header))
         if a.targets:
             if self.points is not None:
                 labels = np.concatenate([np.full(len(p), i, np.uint32) for i, p in enumerate(a.points)])
                 colours = PALETTE[labels % len(PALETTE)]
                 self.points.publish(points_to_cloud(np.vstack(a.points), a.header, rgb=colours, labels=labels))
             if self.markers is not None:
-                self.markers.publish(target_markers(a.targets, a.header,
-                                                    [f"{i}: {a.text[:40]}" for i in range(len(a.targets))]))
+                names = [(a.labels[i] if i < len(a.labels) and a.labels[i] else a.text)[:40]
+                         for i in range(len(a.targets))]  # the phrase a mask grounds, else the answer
+                self.markers.publish(target_markers(a.targets, a.header, [f"{i}: {n}" for i, n in enumerate(names)]))
 
     def destroy(self) -> None:
         """Publish what is queued, stop the worker, destroy the publishers."""

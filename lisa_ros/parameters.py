@@ -21,8 +21,11 @@ class Param:
 
 PARAMETERS: dict[str, Param] = {
     # --- model -------------------------------------------------------------------------------------------------
-    "model": Param("tiny-random", "LISA checkpoint folder or hub id (e.g. xinlai/LISA-7B-v1); 'tiny-random' = "
-                                  "offline random-weight model for wiring tests (meaningless masks)"),
+    "model": Param("tiny-random", "checkpoint folder or hub id of any family (e.g. xinlai/LISA-7B-v1, "
+                                  "rui-qian/hf-UGround-7b_reason_seg_test_llava1.5), 'lisa-demo' (built in) or "
+                                  "'tiny-random' (offline random-weight model for wiring tests: meaningless masks)"),
+    "family": Param("", "model family override (lisa, read, uground, gsva, glamm); none = recognised from the "
+                        "checkpoint", optional=True),
     "vision_tower": Param("", "CLIP vision tower folder or hub id; none = the one named by the checkpoint",
                           optional=True),
     "device": Param("cpu", "torch device: cpu, cuda, cuda:1, ..."),
@@ -88,6 +91,7 @@ class NodeSettings:
     """The parameters' values as typed attributes (read once per configure)."""
 
     model: str
+    family: str
     vision_tower: str
     device: str
     dtype: str

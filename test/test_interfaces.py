@@ -41,7 +41,8 @@ def test_fields_and_types():
     answer = {"text": "string", "masks": "sequence<sensor_msgs/Image>", "mask_scores": "sequence<float>",
               "mask_areas": "sequence<uint32>", "targets": "sequence<lisa_ros/Target3D>",
               "inference_time": "double", "header": "std_msgs/Header", "generated_tokens": "uint32",
-              "image_encoding_time": "double"}
+              "image_encoding_time": "double", "mask_labels": "sequence<string>", "rejected": "boolean",
+              "rejected_labels": "sequence<string>", "model_family": "string", "model_checkpoint": "string"}
     assert _fields(SegmentationResult) == {"instruction": "string", **answer}
     assert _fields(ReasonSegment.Request) == {
         "instruction": "string", "image": "sensor_msgs/Image", "depth": "sensor_msgs/Image",
@@ -193,3 +194,23 @@ def test_pose_and_transform_messages():
     tf = transform_stamped_from_matrix(pose, Header(frame_id="map"), "camera_color_optical_frame")
     assert tf.child_frame_id == "camera_color_optical_frame" and tf.transform.translation.y == 2.0
     assert tf.transform.rotation == msg.pose.orientation
+
+
+def test_answer_fills_labels_rejections_and_who_answered():
+    """What a family adds (per-mask phrases, rejected targets) and who answered reach every result message."""
+    from lisa_ros.answering import Answer
+
+    masks = np.zeros((2, 4, 6), bool)
+    masks[0, 1, 2] = masks[1, 3, 5] = True
+    answer = Answer(success=True, text="the mug and the plate", header=Header(frame_id="cam"), masks=masks,
+                    scores=[0.9, 0.8], areas=[1, 1], labels=["the mug", "the plate"], rejected=["the spoon"],
+                    family="glamm", checkpoint="/models/GLaMM-FullScope")
+    for msg in (SegmentationResult(), ReasonSegment.Response(), ReasonSegmentAction.Result()):
+        answer.fill(msg)
+        assert list(msg.mask_labels) == ["the mug", "the plate"] and len(msg.masks) == 2
+        assert msg.rejected and list(msg.rejected_labels) == ["the spoon"]
+        assert (msg.model_family, msg.model_checkpoint) == ("glamm", "/models/GLaMM-FullScope")
+    answer.rejected = []
+    msg = SegmentationResult()
+    answer.fill(msg)
+    assert not msg.rejected and list(msg.rejected_labels) == []

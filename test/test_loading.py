@@ -150,8 +150,13 @@ def test_unknown_architecture(tiny_copy):
     cfg["architectures"] = ["MysteryForCausalLM"]
     cfg["model_type"] = "mystery"
     (tiny_copy / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match="unknown architecture.*MysteryForCausalLM"):
+    with pytest.raises(CheckpointError, match="no model family recognises.*MysteryForCausalLM.*key prefixes.*"
+                                              "model.visual_model.*known families - lisa: LISAForCausalLM"):
         LisaSegmenter.from_pretrained(tiny_copy, vision_tower=FIXTURE / "tiny-clip-vit")
+    seg = LisaSegmenter.from_pretrained(tiny_copy, vision_tower=FIXTURE / "tiny-clip-vit", family="lisa")
+    assert seg.model.config.family == "lisa" and seg.model.family.name == "lisa"
+    with pytest.raises(CheckpointError, match="unknown model family 'lisa9'; known: lisa"):
+        LisaSegmenter.from_pretrained(tiny_copy, vision_tower=FIXTURE / "tiny-clip-vit", family="lisa9")
 
 
 def test_missing_vision_tower_is_a_clear_error(tiny_copy, tmp_path):

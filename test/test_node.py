@@ -18,7 +18,6 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
 from lisa_model import LisaSegmenter
-from lisa_ros.answering import clean_answer
 from lisa_ros.image_conversion import image_to_numpy
 from lisa_ros.msg import SegmentationResult
 from lisa_ros.srv import ReasonSegment
@@ -54,7 +53,9 @@ def test_round_trip_matches_the_library(peer, library):
     res = ask(peer, "where would I put the clothes", msg, max_new_tokens=24)
     direct = library.segment(rgb, "where would I put the clothes", max_new_tokens=24)
     assert res.success, res.message
-    assert res.text == clean_answer(direct.text)
+    assert res.text == library.plain_text(direct.text)
+    assert (res.model_family, res.model_checkpoint) == ("lisa", "tiny-random")  # who answered
+    assert list(res.mask_labels) == [""] * len(res.masks) and not res.rejected and not res.rejected_labels
     assert len(res.masks) == len(direct.masks) >= 1  # the tiny model emits [SEG] on this frame
     for m, expected, area in zip(res.masks, direct.masks, res.mask_areas):
         assert (m.encoding, m.height, m.width) == ("mono8", 120, 160)
@@ -188,7 +189,7 @@ def test_frames_and_services_keep_flowing_during_inference(peer):
             if any(kv.key == "requests_pending" and kv.value != "0" for kv in d.status[0].values)]
     received = sorted({int(v["color_frames_received"]) for v in busy})
     assert len(received) >= 2, f"diagnostics while busy: {busy}"
-    assert busy[-1]["model_loaded"] == "True"
+    assert busy[-1]["model_loaded"] == "True" and busy[-1]["family"] == "lisa"
 
 
 def test_diagnostics_report_frame_age_staleness_and_failures(peer):

@@ -62,7 +62,8 @@ def predict_teacher_forced(seg: LisaSegmenter, item: EvalItem) -> np.ndarray:
     embeds, _, _ = model.splice_image(ids_t, feats.clip_tokens)
     states = model.language_states(embeds)[0]
     positions = model.seg_state_positions(ids_t)[0]
-    logits = model.masks_from_states(states[positions], feats.sam_embedding, feats.input_size, feats.original_size)
+    logits = model.masks_from_states(states[positions], feats.sam_embedding, feats.input_size, feats.original_size,
+                                     model.image_token_states(states, ids_t[0]), feats.clip_valid_size)
     return (logits[0] > 0).cpu().numpy()
 
 

@@ -11,6 +11,7 @@ from transformers import LlavaForConditionalGeneration
 
 from ..configuration_lisa import PROJECTOR_LINEAR, PROJECTOR_MLP2X_GELU, LisaConfig
 from ..constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from ..families import ImageGeometry, family_named
 from .sam import build_sam, decode_masks, upscale_masks
 
 
@@ -42,6 +43,9 @@ class LisaForSegmentation(LlavaForConditionalGeneration):
             raise ValueError(f"unknown projector_type {config.projector_type!r}")
         self.sam = build_sam(config.sam_geometry)
         self.seg_projection = seg_projection(config.text_config.hidden_size, config.out_dim)
+        self.family = family_named(config.family)
+        for name, module in self.family.extra_modules(config).items():
+            self.add_module(name, module)
 
     # ----- image side -------------------------------------------------------------------------------------------
     def image_tokens(self, clip_pixels: torch.Tensor) -> torch.Tensor:
@@ -102,6 +106,11 @@ class LisaForSegmentation(LlavaForConditionalGeneration):
             out.append(self.expanded_positions(row, before, self.config.num_image_tokens))
         return out
 
+    def image_token_states(self, states: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """[T, H] spliced states of one row + its [L] input_ids (with -200) -> [P, H] states of the image tokens."""
+        p = int((input_ids == IMAGE_TOKEN_INDEX).nonzero().flatten()[0])
+        return states[p: p + self.config.num_image_tokens]
+
     def language_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
                         **kwargs) -> torch.Tensor:
         """Final-layer, post-norm LLaMA states [B, T, H]."""
@@ -110,13 +119,20 @@ class LisaForSegmentation(LlavaForConditionalGeneration):
 
     # ----- mask side --------------------------------------------------------------------------------------------
     def masks_from_states(self, seg_states: torch.Tensor, image_embedding: torch.Tensor,
-                          input_size: tuple[int, int], original_size: tuple[int, int]) -> torch.Tensor:
+                          input_size: tuple[int, int], original_size: tuple[int, int],
+                          image_states: torch.Tensor | None = None,
+                          clip_valid_size: tuple[int, int] | None = None) -> torch.Tensor:
         """[n, H] pre-[SEG] states + one image's [1, C, g, g] SAM embedding -> [n, h, w] float32 mask logits.
-        n may be 0 (an answer without [SEG], e.g. "it is not here"): SAM's decoder cannot take an empty batch."""
+        n may be 0 (an answer without [SEG], e.g. "it is not here"): SAM's decoder cannot take an empty batch.
+        image_states [P, H]: last-layer states of the image tokens, for families whose prompts use them;
+        clip_valid_size: the image's (h, w) inside CLIP's padded square, for families that pad."""
         if seg_states.shape[0] == 0:
             return image_embedding.new_zeros((0, *original_size), dtype=torch.float32)
         seg = self.seg_projection(seg_states)
-        low_res = decode_masks(self.sam, seg, image_embedding)
+        geometry = ImageGeometry(tuple(original_size), tuple(input_size), self.sam.image_encoder.img_size,
+                                 clip_valid_size)
+        prompts = self.family.mask_prompts(self, seg_states, seg, image_states, geometry)
+        low_res = decode_masks(self.sam, seg, image_embedding, prompts.points, prompts.dense)
         return upscale_masks(low_res, input_size, original_size, self.sam.image_encoder.img_size)
 
     # ----- training ---------------------------------------------------------------------------------------------
@@ -154,8 +170,10 @@ class LisaForSegmentation(LlavaForConditionalGeneration):
         for i in range(len(offset) - 1):
             rows = range(offset[i], offset[i + 1])
             seg_states = torch.cat([states[r, positions[r]] for r in rows])
+            # image-token states precede each row's question, so (causal) every conversation of image i has the same
+            image_states = self.image_token_states(states[offset[i]], input_ids[offset[i]])
             pred_masks.append(self.masks_from_states(seg_states, image_embeddings[i:i + 1], resize_list[i],
-                                                     tuple(gt_masks[i].shape[-2:])))
+                                                     tuple(gt_masks[i].shape[-2:]), image_states))
         losses = mask_losses(pred_masks, gt_masks, bce_weight=bce_weight, dice_weight=dice_weight)
         out = combine_losses(ce, losses, ce_weight=ce_weight)
         out["pred_masks"] = pred_masks

@@ -88,18 +88,30 @@ def infer_sam_geometry(shapes: Mapping[str, torch.Size], prefix: str = "") -> Sa
     )
 
 
-def decode_masks(sam: Sam, seg_embeddings: torch.Tensor, image_embedding: torch.Tensor) -> torch.Tensor:
+def decode_masks(sam: Sam, seg_embeddings: torch.Tensor, image_embedding: torch.Tensor,
+                 points: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 mask_input: torch.Tensor | None = None) -> torch.Tensor:
     """Low-resolution mask logits for each [SEG] embedding.
 
     seg_embeddings: [n, prompt_dim]; image_embedding: [1, prompt_dim, g, g]. Returns [n, 4g, 4g] float32.
+    points: optional (coords [n, k, 2] in SAM's input frame, labels [n, k]): their embeddings (with SAM's padding
+    point) come before the [SEG] vector in the sparse prompt. mask_input: optional [n, 1, 4g, 4g] dense prompt
+    (otherwise SAM's "no mask" embedding).
     The prompt encoder and mask decoder always run in float32 (SAM's positional grid breaks in bf16, and
     float32 costs ~0.07 s here); the embeddings are cast up on the way in.
     """
     decoder_dtype = sam.mask_decoder.iou_token.weight.dtype
-    sparse = seg_embeddings.to(decoder_dtype).unsqueeze(1)  # [n, 1, C]: the [SEG] vector is the only prompt
+    sparse = seg_embeddings.to(decoder_dtype).unsqueeze(1)  # [n, 1, C]: the [SEG] vector
     pe = sam.prompt_encoder
-    dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
-        sparse.shape[0], -1, pe.image_embedding_size[0], pe.image_embedding_size[1])
+    if points is not None:
+        coords, labels = points
+        embedded = pe._embed_points(coords.to(decoder_dtype), labels.to(decoder_dtype), pad=True)
+        sparse = torch.cat([embedded, sparse], dim=1)
+    if mask_input is not None:
+        dense = pe._embed_masks(mask_input.to(decoder_dtype))
+    else:
+        dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
+            sparse.shape[0], -1, pe.image_embedding_size[0], pe.image_embedding_size[1])
     low_res, _iou = sam.mask_decoder(
         image_embeddings=image_embedding.to(decoder_dtype),
         image_pe=pe.get_dense_pe(),

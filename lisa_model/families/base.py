@@ -1,0 +1,112 @@
+"""What a member of the [SEG]-into-SAM family is: LISA's behaviour, and the hooks where a successor differs.
+
+A family is one small object (see `lisa.py`, `uground.py`, ...). The model, the predictor, training and evaluation
+call these hooks and never ask which family they hold; a family module holds only what differs from LISA:
+how its released checkpoint is recognised and renamed, what it adds to the config and the tokenizer, how the
+image reaches CLIP, which SAM prompts a [SEG] state becomes, and what an answer's tokens mean (labels,
+rejections).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterable, Mapping
+
+import torch
+
+if TYPE_CHECKING:  # imported for annotations only: the model imports this module
+    from ..modeling.lisa import LisaForSegmentation
+
+
+@dataclass
+class MaskPrompts:
+    """SAM prompts that go with the [SEG] embeddings (LISA: none).
+
+    points: (coords [n, k, 2] in SAM's input frame (x, y), labels [n, k]: 1 positive, 0 negative, -1 ignored);
+    dense: [n, 1, 4g, 4g] mask prompt (SAM's `mask_input`, 256x256 for a 1024 px SAM)."""
+
+    points: tuple[torch.Tensor, torch.Tensor] | None = None
+    dense: torch.Tensor | None = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # intermediates worth inspecting (similarity)
+
+
+@dataclass
+class ImageGeometry:
+    """Sizes of one image through both preprocessors: original (h, w), SAM-resized (h, w) before padding,
+    SAM's square side, and the CLIP input's valid (h, w) inside its square when the family pads (else None)."""
+
+    original_size: tuple[int, int]
+    sam_input_size: tuple[int, int]
+    sam_image_size: int
+    clip_valid_size: tuple[int, int] | None = None
+
+
+@dataclass
+class AnswerParts:
+    """What an answer's tokens mean beyond its text. labels: one per mask (the phrase it grounds, "" when the
+    family gives none); rejected: the targets the model said are not in the image (GSVA's [REJ]), each with its
+    label."""
+
+    labels: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+
+
+class Family:
+    """LISA's behaviour; subclasses override what their reference does differently."""
+
+    name = "lisa"
+    # config.json `architectures` of the family's released checkpoints
+    architectures: tuple[str, ...] = ()
+    # tokens the family adds besides [SEG] (and <im_start>/<im_end>), in the order the release added them
+    extra_tokens: tuple[str, ...] = ()
+    # released key -> our module name, tried before LISA's rules (None drops the key)
+    key_rules: tuple[tuple[str, str | None], ...] = ()
+    # the last-layer states of the image tokens are needed to build the SAM prompts (similarity maps)
+    needs_image_states = False
+
+    def matches(self, raw_config: Mapping, keys: Iterable[str]) -> bool:
+        """True when a released checkpoint (its config.json and weight key names) is of this family."""
+        return bool(set(raw_config.get("architectures") or ()) & set(self.architectures))
+
+    def config_options(self, raw_config: Mapping, keys: Iterable[str]) -> dict:
+        """What the family keeps in `LisaConfig.family_options`, read from a released config."""
+        return {}
+
+    def rename(self, key: str) -> str | None | bool:
+        """The family's own renaming of a released key: a name, None (drop), or False (not the family's key)."""
+        for pattern, repl in self.key_rules:
+            if re.search(pattern, key):
+                return None if repl is None else re.sub(pattern, repl, key, count=1)
+        return False
+
+    def extra_modules(self, config) -> dict[str, torch.nn.Module]:
+        """Modules the family's checkpoints carry beyond LISA's (attached to the model under these names)."""
+        return {}
+
+    def clip_pads_image(self, config) -> bool:
+        """True when the image reaches CLIP padded to a square (LLaVA-1.5 successors), not centre-cropped."""
+        return False
+
+    def image_token_mask(self, config, geometry: ImageGeometry) -> torch.Tensor | None:
+        """Per image token, True when it covers the image (not padding); None: every token counts."""
+        return None
+
+    def mask_prompts(self, model: "LisaForSegmentation", seg_states: torch.Tensor, seg_embeddings: torch.Tensor,
+                     image_states: torch.Tensor | None, geometry: ImageGeometry) -> MaskPrompts:
+        """SAM prompts besides the [SEG] embedding for each of n masks. seg_states [n, H] (the language model's
+        states that predicted each [SEG]), seg_embeddings [n, 256], image_states [P, H] (last-layer states of
+        the image tokens, when `needs_image_states`)."""
+        return MaskPrompts()
+
+    def plain_text(self, text: str) -> str:
+        """The answer as a robot reads it: the family's mask and control tokens removed, whitespace collapsed."""
+        for token in ("[SEG]", *self.extra_tokens):
+            text = text.replace(token, " ")
+        return " ".join(text.split())
+
+    def read_answer(self, ids: list[int], tokenizer) -> AnswerParts:
+        """Labels and rejections of an answer. LISA: one unlabelled mask per [SEG]."""
+        return AnswerParts(labels=[""] * ids.count(tokenizer.seg_token_id))
+
+    def __repr__(self) -> str:
+        return f"<family {self.name}>"
