@@ -34,11 +34,13 @@ def greedy_generate(model: LisaForSegmentation, inputs_embeds: torch.Tensor, max
                     eos_token_id: int, seg_token_id: int, use_cache: bool = True,
                     prompt_seg_states: torch.Tensor | None = None,
                     on_token: Callable[[list[int]], None] | None = None,
-                    keep: slice | None = None) -> GenerationOutput:
+                    keep: slice | None = None, attention_mask: torch.Tensor | None = None) -> GenerationOutput:
     """Greedy decoding from spliced prompt embeddings [1, T, H].
 
     keep: prompt positions whose final-layer states are returned as `kept_states` (a causal model's state of a
     prompt position never changes as tokens follow, so the prefill's are final).
+    attention_mask: [1, T] for the prompt when some of its tokens (padded image patches) take no part in
+    attention; generated tokens are always attended.
 
     prompt_seg_states: states for [SEG] tokens already in the prompt (the reference turns those into masks
     too); they come first in the output, as they do in the reference.
@@ -48,21 +50,22 @@ def greedy_generate(model: LisaForSegmentation, inputs_embeds: torch.Tensor, max
     ids: list[int] = []
     try:
         return _generate(model, inputs_embeds, max_new_tokens, eos_token_id, seg_token_id, use_cache,
-                         prompt_seg_states, on_token, ids, keep)
+                         prompt_seg_states, on_token, ids, keep, attention_mask)
     except InferenceInterrupted as e:
         e.output_ids, e.stage = list(ids), "generating"
         raise
 
 
 def _generate(model, inputs_embeds, max_new_tokens, eos_token_id, seg_token_id, use_cache, prompt_seg_states,
-              on_token, ids: list[int], keep: slice | None) -> GenerationOutput:
+              on_token, ids: list[int], keep: slice | None, mask: torch.Tensor | None) -> GenerationOutput:
     lm = model.model.language_model
     embed = lm.get_input_embeddings()
     cache = DynamicCache(config=model.config.text_config) if use_cache else None
     seg_states = [] if prompt_seg_states is None else list(prompt_seg_states)
 
     t0 = time.perf_counter()
-    out = lm(inputs_embeds=inputs_embeds, past_key_values=cache, use_cache=use_cache)
+    with model.masked_tokens_silenced(mask):
+        out = lm(inputs_embeds=inputs_embeds, attention_mask=mask, past_key_values=cache, use_cache=use_cache)
     state = out.last_hidden_state[:, -1]
     kept = None if keep is None else out.last_hidden_state[0, keep]
     prefill_time = time.perf_counter() - t0
@@ -81,11 +84,14 @@ def _generate(model, inputs_embeds, max_new_tokens, eos_token_id, seg_token_id, 
             break  # the last token needs no state: nothing follows it
         t0 = time.perf_counter()
         token_embed = embed(torch.tensor([[token]], device=inputs_embeds.device))
+        if mask is not None:
+            mask = torch.cat([mask, mask.new_ones((1, 1))], dim=1)
         if use_cache:
-            out = lm(inputs_embeds=token_embed, past_key_values=cache, use_cache=True)
+            out = lm(inputs_embeds=token_embed, attention_mask=mask, past_key_values=cache, use_cache=True)
         else:
             sequence = torch.cat([sequence, token_embed], dim=1)
-            out = lm(inputs_embeds=sequence, use_cache=False)
+            with model.masked_tokens_silenced(mask):
+                out = lm(inputs_embeds=sequence, attention_mask=mask, use_cache=False)
         state = out.last_hidden_state[:, -1]
         step_times.append(time.perf_counter() - t0)
     hidden = model.config.text_config.hidden_size

@@ -58,6 +58,7 @@ class ImageFeatures:
     input_size: tuple[int, int]  # SAM-resized (h, w) before padding
     original_size: tuple[int, int]
     clip_valid_size: tuple[int, int] | None = None  # the image inside CLIP's square, for families that pad
+    token_mask: torch.Tensor | None = None  # [1, P] bool: False for image tokens of padding (families that mask)
 
 
 class LisaSegmenter:
@@ -68,6 +69,8 @@ class LisaSegmenter:
         self.clip_preprocessor = clip_preprocessor or ClipPreprocessor(size=model.config.vision_config.image_size,
                                                                        crop=model.config.vision_config.image_size)
         self.sam_preprocessor = SamPreprocessor(model.sam.image_encoder.img_size)
+        # LLaVA-1.5 successors (UGround, READ) pad the image to CLIP's square with SAM's recipe instead of cropping
+        self.clip_padder = SamPreprocessor(model.config.vision_config.image_size)
         # Two images: the newest camera frame (prefetched while idle) and the one the last question was about.
         self._cache: OrderedDict[str, ImageFeatures] = OrderedDict()
         self.cache_size = 2
@@ -182,16 +185,23 @@ class LisaSegmenter:
             self._cache.move_to_end(key)
             return self._cache[key]
         timings = {} if timings is None else timings
+        model, family = self.model, self.model.family
         t0 = time.perf_counter()
-        clip_pixels = self.clip_preprocessor(image)
+        if family.clip_pads_image(model.config):
+            clip_pixels, clip_valid = self.clip_padder(image)
+        else:
+            clip_pixels, clip_valid = self.clip_preprocessor(image), None
+        patch_mask = family.patch_mask(model.config, clip_valid)
         sam_pixels, input_size = self.sam_preprocessor(image)
         t1 = time.perf_counter()
-        clip_tokens = self.model.image_tokens(clip_pixels.to(self.device))
+        clip_tokens = model.image_tokens(clip_pixels.to(self.device), patch_mask)
         t2 = time.perf_counter()
-        sam_embedding = self.model.sam_embedding(sam_pixels.to(self.device))
+        sam_embedding = model.sam_embedding(sam_pixels.to(self.device))
         t3 = time.perf_counter()
         timings.update(preprocess=t1 - t0, clip=t2 - t1, sam_encoder=t3 - t2)
-        self._cache[key] = ImageFeatures(key, clip_tokens, sam_embedding, input_size, image.shape[:2])
+        token_mask = None if patch_mask is None else patch_mask[:, 1:].to(self.device)
+        self._cache[key] = ImageFeatures(key, clip_tokens, sam_embedding, input_size, image.shape[:2], clip_valid,
+                                         token_mask)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return self._cache[key]
@@ -268,17 +278,18 @@ class LisaSegmenter:
         model, cfg = self.model, self.model.config
         t0 = time.perf_counter()
         ids = torch.tensor([input_ids], device=self.device)
-        embeds, _, _ = model.splice_image(ids, feats.clip_tokens)
+        embeds, _, mask = model.splice_image(ids, feats.clip_tokens, image_token_mask=feats.token_mask)
         prompt_seg = None
         if cfg.seg_token_id in input_ids[1:]:  # the reference also turns [SEG] tokens of the prompt into masks
             positions = model.seg_state_positions(ids)[0]
-            prompt_seg = model.language_states(embeds)[0, positions]
+            prompt_seg = model.language_states(embeds, mask)[0, positions]
         timings["tokenize"] = time.perf_counter() - t0
         image_at = input_ids.index(IMAGE_TOKEN_INDEX)
         keep = slice(image_at, image_at + feats.clip_tokens.shape[1]) if model.family.needs_image_states else None
         gen = greedy_generate(model, embeds, max_new_tokens, self.tokenizer.eos_token_id, cfg.seg_token_id,
                               use_cache=use_cache, prompt_seg_states=prompt_seg,
-                              on_token=lambda so_far: progress("generating", so_far), keep=keep)
+                              on_token=lambda so_far: progress("generating", so_far), keep=keep,
+                              attention_mask=mask)
         timings["prefill"] = gen.prefill_time
         timings["decode_per_token"] = float(np.mean(gen.step_times)) if gen.step_times else 0.0
         timings["decode_total"] = float(np.sum(gen.step_times))

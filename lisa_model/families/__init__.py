@@ -11,9 +11,11 @@ from typing import Iterable, Mapping
 from ..checkpoint import CheckpointError
 from .base import AnswerParts, Family, ImageGeometry, MaskPrompts
 from .lisa import LISA
+from .read import READ
+from .uground import UGROUND
 
 # Detection order: the more specific families first, LISA (the base) last.
-FAMILIES: dict[str, Family] = {f.name: f for f in (LISA,)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (UGROUND, READ, LISA)}
 
 
 def family_named(name: str) -> Family:

@@ -87,8 +87,9 @@ class Family:
         """True when the image reaches CLIP padded to a square (LLaVA-1.5 successors), not centre-cropped."""
         return False
 
-    def image_token_mask(self, config, geometry: ImageGeometry) -> torch.Tensor | None:
-        """Per image token, True when it covers the image (not padding); None: every token counts."""
+    def patch_mask(self, config, clip_valid_size: tuple[int, int] | None) -> torch.Tensor | None:
+        """[1, 1 + P] bool (CLS first): False for CLIP patches that hold only padding, which then take no part in
+        attention, in CLIP and in the language model; None (LISA): every patch counts."""
         return None
 
     def mask_prompts(self, model: "LisaForSegmentation", seg_states: torch.Tensor, seg_embeddings: torch.Tensor,

@@ -5,6 +5,8 @@ final-layer state of the token before each [SEG] -> `seg_projection` -> SAM prom
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 from transformers import LlavaForConditionalGeneration
@@ -48,11 +50,19 @@ class LisaForSegmentation(LlavaForConditionalGeneration):
             self.add_module(name, module)
 
     # ----- image side -------------------------------------------------------------------------------------------
-    def image_tokens(self, clip_pixels: torch.Tensor) -> torch.Tensor:
-        """[B, 3, 224, 224] -> [B, P, H] projected CLIP patch features (layer -2, CLS dropped)."""
+    def image_tokens(self, clip_pixels: torch.Tensor, patch_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, 3, S, S] -> [B, P, H] projected CLIP patch features (layer -2, CLS dropped).
+
+        patch_mask: [B, 1 + P] bool (CLS first), False for patches of padding: they are masked as keys in every
+        CLIP layer (UGround's padded input); None attends everywhere."""
         tower = self.model.vision_tower
         pixels = clip_pixels.to(device=tower.device, dtype=tower.dtype)
-        states = tower(pixels, output_hidden_states=True).hidden_states[self.config.vision_feature_layer]
+        extra = {}
+        if patch_mask is not None:
+            additive = torch.zeros(patch_mask.shape, dtype=tower.dtype, device=tower.device)
+            additive.masked_fill_(~patch_mask.to(tower.device), torch.finfo(tower.dtype).min)
+            extra["attention_mask"] = additive[:, None, None, :]  # [B, 1, 1, 1 + P]: a key mask for every query
+        states = tower(pixels, output_hidden_states=True, **extra).hidden_states[self.config.vision_feature_layer]
         if self.config.vision_feature_select_strategy == "default":
             states = states[:, 1:]
         return self.model.multi_modal_projector(states)
@@ -66,12 +76,17 @@ class LisaForSegmentation(LlavaForConditionalGeneration):
 
     # ----- text side --------------------------------------------------------------------------------------------
     def splice_image(self, input_ids: torch.Tensor, image_tokens: torch.Tensor,
-                     labels: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None):
+                     labels: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                     image_token_mask: torch.Tensor | None = None):
         """Replace the single IMAGE_TOKEN_INDEX of each row by that row's image tokens.
 
         input_ids [B, L] (one -200 per row), image_tokens [B, P, H] -> inputs_embeds [B, L-1+P, H], and the
-        labels (image positions ignored) and attention mask (image positions attended) expanded the same way.
+        labels (image positions ignored) and attention mask expanded the same way. image_token_mask [B, P] bool:
+        False for image tokens of padding, which the attention mask then leaves out (an all-ones mask is made
+        when none is given); None attends to every image token.
         """
+        if image_token_mask is not None and attention_mask is None:
+            attention_mask = torch.ones(input_ids.shape, dtype=torch.long, device=input_ids.device)
         embed = self.model.language_model.get_input_embeddings()
         text = embed(input_ids.clamp_min(0))
         image_tokens = image_tokens.to(text.dtype)
@@ -87,7 +102,8 @@ class LisaForSegmentation(LlavaForConditionalGeneration):
                 fill = labels.new_full((n,), IGNORE_INDEX)
                 label_rows.append(torch.cat([labels[b, :p], fill, labels[b, p + 1:]]))
             if attention_mask is not None:
-                fill = attention_mask.new_ones((n,))
+                fill = attention_mask.new_ones((n,)) if image_token_mask is None else \
+                    image_token_mask[b].to(attention_mask.dtype)
                 mask_rows.append(torch.cat([attention_mask[b, :p], fill, attention_mask[b, p + 1:]]))
         return (torch.stack(rows), torch.stack(label_rows) if labels is not None else None,
                 torch.stack(mask_rows) if attention_mask is not None else None)
@@ -113,9 +129,35 @@ class LisaForSegmentation(LlavaForConditionalGeneration):
 
     def language_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
                         **kwargs) -> torch.Tensor:
-        """Final-layer, post-norm LLaMA states [B, T, H]."""
-        out = self.model.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+        """Final-layer, post-norm LLaMA states [B, T, H]; masked tokens are silenced (`masked_tokens_silenced`)."""
+        with self.masked_tokens_silenced(attention_mask):
+            out = self.model.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
         return out.last_hidden_state
+
+    @contextmanager
+    def masked_tokens_silenced(self, attention_mask: torch.Tensor | None):
+        """Within this context, tokens that `attention_mask` [B, T] leaves out are removed from attention
+        altogether, as the flash-attention training of these models did (padding is unpadded away): they are no
+        keys (the mask itself does that) and their own attention output is zero in every layer (this hook), while
+        the residual stream and the MLP still run on them. Valid tokens are unaffected; the states of masked ones
+        differ from an eager masked attention, and UGround's similarity map reads them."""
+        if attention_mask is None or bool(attention_mask.all()):
+            yield
+            return
+        keep = attention_mask[..., None]
+
+        def silence(module, args, output):
+            attn = output[0]
+            if attn.shape[1] != keep.shape[1]:  # a cached decode step: its one query is never masked
+                return output
+            return (attn * keep.to(attn.dtype), *output[1:])
+
+        handles = [layer.self_attn.register_forward_hook(silence) for layer in self.model.language_model.layers]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     # ----- mask side --------------------------------------------------------------------------------------------
     def masks_from_states(self, seg_states: torch.Tensor, image_embedding: torch.Tensor,
