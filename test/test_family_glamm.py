@@ -92,6 +92,10 @@ def test_our_layout_round_trip(segmenter, tmp_path):
     ra, rb = segmenter.segment(image, "Can you segment the dog?", 6), again.segment(image, "Can you segment the dog?", 6)
     assert ra.output_ids == rb.output_ids and ra.labels == rb.labels
     np.testing.assert_array_equal(ra.mask_logits, rb.mask_logits)
+    from lisa_model.export import export_released
+
+    with pytest.raises(ValueError, match="model family 'glamm'.*loads back as 'lisa'"):  # LISA's layout only
+        export_released(segmenter, None, tmp_path / "released", vision_tower=str(CLIP))
 
 
 # ----- inference ------------------------------------------------------------------------------------------------
