@@ -103,19 +103,21 @@ def wrap_image_token(text: str, use_im_start_end: bool = True) -> str:
     return text.replace(IMAGE_TOKEN, IM_START + IMAGE_TOKEN + IM_END) if use_im_start_end else text
 
 
-def build_prompt(instruction: str, template: TemplateLike = "llava_v1", use_im_start_end: bool = True) -> str:
+def build_prompt(instruction: str, template: TemplateLike = "llava_v1", use_im_start_end: bool = True,
+                 image_prefix: str = IMAGE_TOKEN + "\n") -> str:
     """The inference prompt of the reference's chat.py: image + instruction as the user turn, then an open
     assistant turn for the model to complete."""
-    return build_prompt_with_span(instruction, template, use_im_start_end)[0]
+    return build_prompt_with_span(instruction, template, use_im_start_end, image_prefix)[0]
 
 
-def build_prompt_with_span(instruction: str, template: TemplateLike = "llava_v1", use_im_start_end: bool = True
-                           ) -> tuple[str, tuple[int, int]]:
+def build_prompt_with_span(instruction: str, template: TemplateLike = "llava_v1", use_im_start_end: bool = True,
+                           image_prefix: str = IMAGE_TOKEN + "\n") -> tuple[str, tuple[int, int]]:
     """(prompt, (start, end)): the prompt and where the instruction sits in it, so a tokenizer can keep the
     caller's text literal. An "<image>" inside the instruction is left as written (chat.py would wrap it too,
-    which only matters when the caller wants it parsed - the tokenizer then sees a second image either way)."""
+    which only matters when the caller wants it parsed - the tokenizer then sees a second image either way).
+    image_prefix: what precedes the instruction, the image included (the model family's `image_prefix`)."""
     tpl = get_template(template)
-    user = wrap_image_token(IMAGE_TOKEN + "\n", use_im_start_end) + instruction
+    user = wrap_image_token(image_prefix, use_im_start_end) + instruction
     prompt = tpl.format([(tpl.roles[0], user), (tpl.roles[1], "")])
     end = prompt.index(user) + len(user)
     return prompt, (end - len(instruction), end)

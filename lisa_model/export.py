@@ -39,6 +39,7 @@ from safetensors.torch import save_file
 
 from .checkpoint import BIN_INDEX, BIN_WEIGHTS, SAFE_INDEX, SAFE_WEIGHTS, ours_to_released
 from .configuration_lisa import PROJECTOR_LINEAR, PROJECTOR_MLP2X_GELU
+from .families import detect_family
 from .loading import guess_conv_template
 from .modeling.sam import infer_sam_geometry
 from .preprocessing import ClipPreprocessor
@@ -118,6 +119,10 @@ def released_config_dict(model, tokenizer, vision_tower: str, dtype: torch.dtype
         problems.append(f"tokenizer's [SEG] id {tokenizer.seg_token_id} != config.seg_token_id {cfg.seg_token_id}")
     if tokenizer.vocab_size > text.vocab_size:
         problems.append(f"tokenizer has {tokenizer.vocab_size} tokens, the embedding only {text.vocab_size} rows")
+    written_as = detect_family({"architectures": ["LISAForCausalLM"]}, ["model.visual_model.mask_decoder"])
+    if written_as.name != model.family.name:  # its prompts, tokens or layout would be lost on the way back
+        problems.append(f"model family {model.family.name!r} (this layout loads back as {written_as.name!r}; "
+                        "use our layout, save_pretrained)")
     if problems:
         raise ValueError("cannot express this model in the released LISA layout: " + "; ".join(problems))
     out = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Callable
 
 import torch
 from accelerate import init_empty_weights
@@ -16,7 +17,7 @@ from transformers import CLIPVisionConfig, LlamaConfig
 
 from .checkpoint import (CheckpointError, clip_to_ours, released_to_ours, stream_into, tensor_shapes,
                          weight_files)
-from .configuration_lisa import PROJECTOR_LINEAR, PROJECTOR_MLP2X_GELU, LisaConfig
+from .configuration_lisa import PROJECTOR_LINEAR, PROJECTOR_MLP2X_GELU, LisaConfig, SamGeometry
 from .families import Family, detect_family, family_named
 from .modeling.lisa import LisaForSegmentation
 from .modeling.sam import infer_sam_geometry
@@ -91,8 +92,29 @@ def _clip_vision_config(folder: Path) -> CLIPVisionConfig:
     return CLIPVisionConfig(**raw)
 
 
+def released_key_map(family: Family) -> Callable[[str], str | None]:
+    """Released key -> our name (None drops it): the family's own rules first, then LISA's."""
+    def rename(key: str) -> str | None:
+        name = family.rename(key)
+        return released_to_ours(key) if name is False else name
+    return rename
+
+
+def released_sam_geometry(shapes: dict[str, torch.Size], family: Family, where: str = "checkpoint") -> SamGeometry:
+    """SAM's geometry from a released checkpoint's shapes, read under our names (each family keeps SAM under its
+    own prefix); CheckpointError when SAM's weights are missing or malformed."""
+    rename = released_key_map(family)
+    ours = {name: shape for key, shape in shapes.items() if (name := rename(key)) and name.startswith("sam.")}
+    try:
+        return infer_sam_geometry(ours, prefix="sam.")
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{where}: no usable SAM in this {family.name} checkpoint ({len(ours)} SAM tensors "
+                              f"found): {e.args[0]}") from None
+
+
 def released_config(raw: dict, shapes: dict[str, torch.Size], clip: CLIPVisionConfig, seg_token_id: int,
-                    conv_template: str, vision_tower_name: str, family: Family) -> LisaConfig:
+                    conv_template: str, vision_tower_name: str, family: Family, where: str = "checkpoint"
+                    ) -> LisaConfig:
     """LisaConfig for a released checkpoint of `family` (its config.json + its tensor shapes)."""
     text_keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                  "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "hidden_act", "bos_token_id",
@@ -106,7 +128,7 @@ def released_config(raw: dict, shapes: dict[str, torch.Size], clip: CLIPVisionCo
         projector = PROJECTOR_MLP2X_GELU
     else:
         raise CheckpointError("no multimodal projector (model.mm_projector.*) in the checkpoint")
-    sam = infer_sam_geometry(shapes, prefix="model.visual_model.")
+    sam = released_sam_geometry(shapes, family, where)
     return LisaConfig(
         text_config=text.to_dict(), vision_config=clip.to_dict(), projector_type=projector,
         projector_hidden_act="gelu", out_dim=int(raw.get("out_dim", 256)), sam=sam.to_dict(),
@@ -140,14 +162,9 @@ def load_released(folder: Path, vision_tower: str | Path | None, seg_token_id: i
     if clip_folder is None:
         raise CheckpointError("checkpoints that embed CLIP need its config: pass vision_tower=")
     config = released_config(raw, shapes, _clip_vision_config(clip_folder), seg_token_id, conv_template,
-                             tower_name, chosen)
+                             tower_name, chosen, str(folder))
     model = empty_model(config)
-
-    def rename(key: str) -> str | None:
-        name = chosen.rename(key)
-        return released_to_ours(key) if name is False else name
-
-    sources = [(weight_files(clip_folder), clip_to_ours), (files, rename)]
+    sources = [(weight_files(clip_folder), clip_to_ours), (files, released_key_map(chosen))]
     stream_into(model, sources, dtype_for(dtype), device)
     return model
 

@@ -210,7 +210,8 @@ class LisaSegmenter:
     def prompt_ids(self, instruction: str, parse_special_tokens: bool = False) -> list[int]:
         """The prompt's ids (IMAGE_TOKEN_INDEX where the image goes). parse_special_tokens: see `segment`."""
         cfg = self.model.config
-        prompt, span = build_prompt_with_span(instruction, cfg.conv_template, cfg.mm_use_im_start_end)
+        prompt, span = build_prompt_with_span(instruction, cfg.conv_template, cfg.mm_use_im_start_end,
+                                              self.model.family.image_prefix)
         ids = self.tokenizer.encode_prompt(prompt, literal=None if parse_special_tokens else span)
         if ids.count(IMAGE_TOKEN_INDEX) != 1:
             raise ValueError("the instruction contains '<image>', which parse_special_tokens=True turns into a "

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 
 from lisa_model.conversation import build_conversation
+from lisa_model.families import Family
+from lisa_model.families.lisa import LISA
 from lisa_model.preprocessing import ClipPreprocessor, SamPreprocessor
 from lisa_model.tokenization import LisaTokenizer, collate_conversations
 
@@ -36,11 +38,12 @@ class Batch:
 
 class Collator:
     def __init__(self, tokenizer: LisaTokenizer, template: str, clip: ClipPreprocessor, sam: SamPreprocessor,
-                 use_im_start_end: bool = True, truncate_len: int | None = 512 - 255):
+                 use_im_start_end: bool = True, truncate_len: int | None = 512 - 255, family: Family = LISA):
         self.tokenizer, self.template = tokenizer, template
         self.clip, self.sam = clip, sam
         # The reference truncates text to model_max_length - 255 (room for the image's 256 tokens).
         self.use_im_start_end, self.truncate_len = use_im_start_end, truncate_len
+        self.family = family  # samples ask LISA's way ("<image>\n" + question); the family may phrase it otherwise
 
     def __call__(self, samples: list) -> Batch:
         clip, sam, resize, masks, texts, offset, probes = [], [], [], [], [], [0], []
@@ -53,7 +56,8 @@ class Collator:
             h, w = image.shape[:2]
             gts = [np.asarray(m) == 1 for m in s.masks]  # 255 (ignore) counts as background, as the reference
             masks.append(torch.from_numpy(np.stack(gts).astype(np.float32)) if gts else torch.zeros((0, h, w)))
-            texts += [build_conversation(turns, self.template) for turns in s.conversations]
+            texts += [build_conversation([(self.family.first_question(turns[0][0]), turns[0][1]), *turns[1:]],
+                                         self.template) for turns in s.conversations]
             offset.append(offset[-1] + len(s.conversations))
             probes.extend(getattr(s, "probe_targets", None) or [])
         text = collate_conversations(self.tokenizer, texts, self.template, self.use_im_start_end, self.truncate_len)

@@ -14,6 +14,7 @@ class TrainConfig:
     # "sam": {SamGeometry fields}) for small-model experiments.
     tiny_config: dict = field(default_factory=dict)
     vision_tower: str | None = None
+    family: str | None = None  # model family (lisa_model.families); None: read from the checkpoint (tiny-random: lisa)
     conv_template: str | None = None
     dtype: str = "bfloat16"  # mixed precision where supported ("float32" on CPU-only runs)
     gradient_checkpointing: bool = True

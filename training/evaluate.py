@@ -51,12 +51,17 @@ def eval_question(query: str, is_sentence: bool) -> str:
 
 
 @torch.no_grad()
-def predict_teacher_forced(seg: LisaSegmenter, item: EvalItem) -> np.ndarray:
-    """bool HxW: the mask of the given answer "[SEG]." (no generation)."""
+def teacher_forced_logits(seg: LisaSegmenter, image: np.ndarray, turns: list[tuple[str, str]]
+                          ) -> tuple[list[int], torch.Tensor]:
+    """The reference's referring evaluation: one forward over a given conversation (no generation).
+
+    turns: (question, answer) pairs, the first question starting with "<image>\\n" (rephrased the way the model
+    family asks). Returns the conversation's input ids and float32 [n, H, W] mask logits, one per [SEG] of the
+    answers, from the state before each."""
     model, cfg = seg.model, seg.model.config
-    feats = seg.set_image(item.image)
-    question = "<image>\n" + eval_question(item.query, item.is_sentence)
-    text = wrap_image_token(build_conversation([(question, "[SEG].")], cfg.conv_template), cfg.mm_use_im_start_end)
+    feats = seg.set_image(image)
+    turns = [(model.family.first_question(turns[0][0]), turns[0][1]), *turns[1:]]
+    text = wrap_image_token(build_conversation(turns, cfg.conv_template), cfg.mm_use_im_start_end)
     ids, _ = seg.tokenizer.tokenize_conversation(text, cfg.conv_template)
     ids_t = torch.tensor([ids], device=seg.device)
     embeds, _, mask = model.splice_image(ids_t, feats.clip_tokens, image_token_mask=feats.token_mask)
@@ -64,6 +69,13 @@ def predict_teacher_forced(seg: LisaSegmenter, item: EvalItem) -> np.ndarray:
     positions = model.seg_state_positions(ids_t)[0]
     logits = model.masks_from_states(states[positions], feats.sam_embedding, feats.input_size, feats.original_size,
                                      model.image_token_states(states, ids_t[0]), feats.clip_valid_size)
+    return ids, logits
+
+
+def predict_teacher_forced(seg: LisaSegmenter, item: EvalItem) -> np.ndarray:
+    """bool HxW: the mask of the given answer "[SEG]." (no generation)."""
+    question = "<image>\n" + eval_question(item.query, item.is_sentence)
+    _, logits = teacher_forced_logits(seg, item.image, [(question, "[SEG].")])
     return (logits[0] > 0).cpu().numpy()
 
 

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Iterable, Mapping
 
 import torch
 
+from ..constants import IMAGE_TOKEN
+
 if TYPE_CHECKING:  # imported for annotations only: the model imports this module
     from ..modeling.lisa import LisaForSegmentation
 
@@ -63,6 +65,8 @@ class Family:
     key_rules: tuple[tuple[str, str | None], ...] = ()
     # the last-layer states of the image tokens are needed to build the SAM prompts (similarity maps)
     needs_image_states = False
+    # what opens the first question, the image included (LISA: the image alone on the first line)
+    image_prefix = IMAGE_TOKEN + "\n"
 
     def matches(self, raw_config: Mapping, keys: Iterable[str]) -> bool:
         """True when a released checkpoint (its config.json and weight key names) is of this family."""
@@ -98,6 +102,17 @@ class Family:
         states that predicted each [SEG]), seg_embeddings [n, 256], image_states [P, H] (last-layer states of
         the image tokens, when `needs_image_states`)."""
         return MaskPrompts()
+
+    def first_question(self, question: str) -> str:
+        """A conversation's first user turn, written LISA's way ("<image>\\n" + question), in the family's words
+        (`image_prefix` + question); a turn that does not start so is left as it is."""
+        lisa = IMAGE_TOKEN + "\n"
+        return self.image_prefix + question[len(lisa):] if question.startswith(lisa) else question
+
+    def train_text_limit(self, config) -> int:
+        """Token limit of a training conversation (the image placeholder counting one): LISA's reference cuts
+        at its model_max_length 512 minus 255, whatever the image size."""
+        return 512 - 255
 
     def plain_text(self, text: str) -> str:
         """The answer as a robot reads it: the family's mask and control tokens removed, whitespace collapsed."""
