@@ -9,7 +9,10 @@ import torch
 
 
 def raw_similarity(seg_states: torch.Tensor, image_states: torch.Tensor) -> torch.Tensor:
-    """seg_states [n, H], image_states [P, H] -> [n, P] float32 dot products."""
+    """seg_states [n, H], image_states [P, H] (or [n, P, H]: each [SEG] its own, e.g. from the layer UGround's
+    training policy chose for it) -> [n, P] float32 dot products."""
+    if image_states.dim() == 3:
+        return torch.einsum("nh,nph->np", seg_states.float(), image_states.float())
     return seg_states.float() @ image_states.float().T
 
 
