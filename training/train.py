@@ -67,9 +67,10 @@ def build_segmenter(cfg: TrainConfig) -> LisaSegmenter:
         kwargs = dict(cfg.tiny_config)
         if "sam" in kwargs:
             kwargs["sam"] = SamGeometry.from_dict(kwargs["sam"])
-        return build_tiny_segmenter(seed=cfg.seed, config_fn=partial(tiny_config, **kwargs))
+        return build_tiny_segmenter(seed=cfg.seed, config_fn=partial(tiny_config, **kwargs),
+                                    family=cfg.family or "lisa")
     return LisaSegmenter.from_pretrained(cfg.model, vision_tower=cfg.vision_tower, conv_template=cfg.conv_template,
-                                         dtype="float32")
+                                         dtype="float32", family=cfg.family)
 
 
 class Trainer:
@@ -81,10 +82,11 @@ class Trainer:
         self.segmenter = build_segmenter(cfg)
         base = self.segmenter.model
         base.model.language_model.config._attn_implementation = cfg.attn_implementation
+        base.family.configure_training(base, cfg.family_options)
         self.train_data, self.val_data = build_training_data(cfg, self.segmenter.tokenizer)
         self.collate = Collator(self.segmenter.tokenizer, base.config.conv_template,
                                 self.segmenter.clip_preprocessor, self.segmenter.sam_preprocessor,
-                                base.config.mm_use_im_start_end)
+                                base.config.mm_use_im_start_end, clip_input=self.segmenter.clip_input)
         model = prepare_for_training(base, cfg)
         self.probe = nn.Linear(base.config.text_config.hidden_size, cfg.probe_classes) \
             if cfg.probe_weight > 0 and cfg.probe_classes > 0 else None
@@ -120,9 +122,10 @@ class Trainer:
             out = self.model(clip_pixels=batch.clip_pixels, sam_pixels=batch.sam_pixels, input_ids=batch.input_ids,
                              labels=batch.labels, attention_mask=batch.attention_mask, offset=batch.offset,
                              gt_masks=batch.gt_masks, resize_list=batch.resize_list, ce_weight=ce_weight,
-                             bce_weight=cfg.bce_weight, dice_weight=cfg.dice_weight)
+                             bce_weight=cfg.bce_weight, dice_weight=cfg.dice_weight, patch_mask=batch.patch_mask)
             loss = out["loss"]
             logs = {k: float(out[k].detach()) for k in ("loss", "ce_loss", "mask_bce_loss", "mask_dice_loss")}
+            logs.update({k: float(v.detach()) for k, v in out["family_losses"].items()})  # e.g. policy_loss
             if self.probe is not None and batch.probe_targets is not None:
                 states = torch.cat(out["seg_states"])
                 probe_loss = nn.functional.cross_entropy(self.probe(states.float()), batch.probe_targets)
