@@ -130,6 +130,10 @@ def test_read_points_carry_gradients():
 
 
 # ----- what trains ----------------------------------------------------------------------------------------------
+BATCH_KEYS = ("clip_pixels", "sam_pixels", "input_ids", "labels", "attention_mask", "offset", "gt_masks",
+              "resize_list", "patch_mask")
+
+
 def synthetic_batch(seg: LisaSegmenter, data: Path):
     from training.data_mix import build_training_data
 
@@ -156,8 +160,8 @@ def data(tmp_path_factory) -> Path:
     ("uground", {"mode": 3}, ("sam.prompt_encoder.mask_downscaling.", "ppm."),
      ("sam.prompt_encoder.point_embeddings.", "sam.prompt_encoder.no_mask_embed.", "out_mm_projector.")),
     ("uground", {"mode": 1}, ("sam.prompt_encoder.mask_downscaling.",), ("ppm.",)),
-    ("uground", {"mode": 3, "baseline_type": "critic"}, ("ppm.critic.", "ppm._layer_gate"), ()),
-], ids=["lisa", "read", "uground-mode3", "uground-mode1", "uground-critic"])
+    ("uground", {"mode": 2, "baseline_type": "critic"}, ("ppm.critic.", "ppm._layer_gate"), ()),
+], ids=["lisa", "read", "uground-mode3", "uground-mode1", "uground-mode2-critic"])
 def test_trainable_set_and_every_trainable_weight_gets_a_gradient(data, family, options, trains, frozen):
     from training.train import build_segmenter
 
@@ -173,22 +177,26 @@ def test_trainable_set_and_every_trainable_weight_gets_a_gradient(data, family, 
         assert not any(p.requires_grad for n, p in named.items() if n.startswith(prefix)), prefix
     for prefix in ("model.vision_tower.", "sam.image_encoder.", "model.multi_modal_projector."):
         assert not any(p.requires_grad for n, p in named.items() if n.startswith(prefix)), prefix
-    out = model(clip_pixels=batch.clip_pixels, sam_pixels=batch.sam_pixels, input_ids=batch.input_ids,
-                labels=batch.labels, attention_mask=batch.attention_mask, offset=batch.offset,
-                gt_masks=batch.gt_masks, resize_list=batch.resize_list, patch_mask=batch.patch_mask)
+    out = model(**{k: getattr(batch, k) for k in BATCH_KEYS})
     out["loss"].backward()
     missing = [n for n, p in named.items() if p.requires_grad and p.grad is None]
     assert not missing, missing  # a trainable weight outside the loss would stop DistributedDataParallel
+    assert ("policy_loss" in out) == (options.get("mode", 1) > 1)
+    with torch.no_grad():  # evaluation never samples a layer (eval_legacy, as every release)
+        assert "policy_loss" not in model.eval()(**{k: getattr(batch, k) for k in BATCH_KEYS})
 
 
 # ----- lisa-train -----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("family,options", [("read", {}), ("uground", {"mode": 3})])
-def test_lisa_train_runs_the_family_and_its_export_keeps_it(data, tmp_path, family, options):
+@pytest.mark.parametrize("family,options,dtype", [
+    ("read", {}, "float32"), ("uground", {"mode": 3}, "float32"),
+    ("uground", {"mode": 2, "baseline_type": "critic"}, "bfloat16"),  # the similarity losses under autocast
+], ids=["read", "uground-mode3", "uground-mode2-critic-bf16"])
+def test_lisa_train_runs_the_family_and_its_export_keeps_it(data, tmp_path, family, options, dtype):
     from accelerate.state import AcceleratorState
 
     from training.train import CHECKPOINT_DIR, build_segmenter, main
 
-    cfg = {**RECIPE, "data_root": str(data), "family": family, "family_options": options}
+    cfg = {**RECIPE, "data_root": str(data), "family": family, "family_options": options, "dtype": dtype}
     out = tmp_path / "run"
     AcceleratorState._reset_state(reset_partial_state=True)
     assert main(["--config", str(SYNTHETIC), "--output-dir", str(out), "--max-steps", "3", "--set",
@@ -197,6 +205,7 @@ def test_lisa_train_runs_the_family_and_its_export_keeps_it(data, tmp_path, fami
     assert [h["step"] for h in history] == [1, 2, 3] and all(np.isfinite(h["loss"]) for h in history)
     if family == "uground":
         assert all(np.isfinite(h["policy_loss"]) for h in history)
+    AcceleratorState._reset_state(reset_partial_state=True)  # the next run may choose another precision
     trained = LisaSegmenter.from_pretrained(out / "export" / "ours")
     assert trained.model.family.name == family
     start = build_segmenter(TrainConfig.load(SYNTHETIC, **cfg)).model.state_dict()
