@@ -37,11 +37,14 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor, num_masks: float, sca
 
 
 def mask_losses(pred_masks: list[torch.Tensor], gt_masks: list[torch.Tensor], bce_weight: float = 2.0,
-                dice_weight: float = 0.5) -> dict[str, torch.Tensor]:
+                dice_weight: float = 0.5, extra_bce: torch.Tensor | None = None,
+                extra_dice: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """pred_masks[i], gt_masks[i]: [n_i, H_i, W_i] logits / targets of batch item i (n_i may be 0, e.g. VQA).
 
     Returns the weighted "mask_bce_loss", "mask_dice_loss" and their sum "mask_loss" (0-d tensors; zeros
-    when the batch has no mask at all).
+    when the batch has no mask at all). extra_bce / extra_dice: a model family's own per-mask terms, summed over
+    the batch's masks, which join the BCE / DICE sums before the mask-count normalisation and the weights
+    (UGround's similarity losses).
     """
     if len(pred_masks) != len(gt_masks):
         raise ValueError(f"{len(pred_masks)} predicted mask sets for {len(gt_masks)} target sets")
@@ -59,6 +62,8 @@ def mask_losses(pred_masks: list[torch.Tensor], gt_masks: list[torch.Tensor], bc
         total += n
     if bce is None:  # an empty batch: keep a tensor so callers can always .backward() / .item()
         bce = dice = torch.zeros(())
+    bce = bce if extra_bce is None else bce + extra_bce
+    dice = dice if extra_dice is None else dice + extra_dice
     bce = bce_weight * bce / (total + _EPS)
     dice = dice_weight * dice / (total + _EPS)
     return {"mask_bce_loss": bce, "mask_dice_loss": dice, "mask_loss": bce + dice}

@@ -185,13 +185,9 @@ class LisaSegmenter:
             self._cache.move_to_end(key)
             return self._cache[key]
         timings = {} if timings is None else timings
-        model, family = self.model, self.model.family
+        model = self.model
         t0 = time.perf_counter()
-        if family.clip_pads_image(model.config):
-            clip_pixels, clip_valid = self.clip_padder(image)
-        else:
-            clip_pixels, clip_valid = self.clip_preprocessor(image), None
-        patch_mask = family.patch_mask(model.config, clip_valid)
+        clip_pixels, clip_valid, patch_mask = self.clip_input(image)
         sam_pixels, input_size = self.sam_preprocessor(image)
         t1 = time.perf_counter()
         clip_tokens = model.image_tokens(clip_pixels.to(self.device), patch_mask)
@@ -205,6 +201,17 @@ class LisaSegmenter:
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return self._cache[key]
+
+    def clip_input(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int] | None, torch.Tensor | None]:
+        """HxWx3 uint8 RGB -> what CLIP gets for the model's family, at inference and in training alike: pixels
+        [1, 3, S, S], the image's (h, w) inside the square when the family pads (else None) and the family's patch
+        mask [1, 1 + P] bool (None: every patch counts)."""
+        family, config = self.model.family, self.model.config
+        if family.clip_pads_image(config):
+            pixels, valid = self.clip_padder(image)
+        else:
+            pixels, valid = self.clip_preprocessor(image), None
+        return pixels, valid, family.patch_mask(config, valid)
 
     # ----- inference ------------------------------------------------------------------------------------------
     def prompt_ids(self, instruction: str, parse_special_tokens: bool = False) -> list[int]:

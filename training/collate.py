@@ -6,6 +6,7 @@ ground-truth mask, in order. Conversations of image i occupy rows offset[i]:offs
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -28,28 +29,42 @@ class Batch:
     gt_masks: list[torch.Tensor]  # B x [n_i, H_i, W_i] float 0/1
     resize_list: list[tuple[int, int]]  # SAM-resized (h, w) per image
     probe_targets: torch.Tensor | None = None  # [total [SEG]] class index per mask (training-only probe)
+    patch_mask: torch.Tensor | None = None  # [B, 1 + P] bool: the family's CLIP patch mask (None: all patches)
 
     def to(self, device) -> "Batch":
         move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
         return Batch(move(self.clip_pixels), move(self.sam_pixels), move(self.input_ids), move(self.labels),
                      move(self.attention_mask), self.offset, [move(m) for m in self.gt_masks], self.resize_list,
-                     move(self.probe_targets))
+                     move(self.probe_targets), move(self.patch_mask))
+
+
+# image -> (CLIP pixels [1, 3, S, S], valid (h, w) in the square or None, patch mask [1, 1 + P] or None)
+ClipInput = Callable[[np.ndarray], tuple[torch.Tensor, tuple[int, int] | None, torch.Tensor | None]]
 
 
 class Collator:
     def __init__(self, tokenizer: LisaTokenizer, template: str, clip: ClipPreprocessor, sam: SamPreprocessor,
-                 use_im_start_end: bool = True, truncate_len: int | None = 512 - 255, family: Family = LISA):
+                 use_im_start_end: bool = True, truncate_len: int | None = 512 - 255, family: Family = LISA,
+                 clip_input: ClipInput | None = None):
         self.tokenizer, self.template = tokenizer, template
         self.clip, self.sam = clip, sam
+        # the model's own CLIP input (LisaSegmenter.clip_input: padded square + patch mask for UGround / READ), so
+        # training sees images as inference does; None: `clip` (LISA's centre crop)
+        self.clip_input = clip_input
         # The reference truncates text to model_max_length - 255 (room for the image's 256 tokens).
         self.use_im_start_end, self.truncate_len = use_im_start_end, truncate_len
         self.family = family  # samples ask LISA's way ("<image>\n" + question); the family may phrase it otherwise
 
     def __call__(self, samples: list) -> Batch:
-        clip, sam, resize, masks, texts, offset, probes = [], [], [], [], [], [0], []
+        clip, sam, resize, masks, texts, offset, probes, patches = [], [], [], [], [], [0], [], []
         for s in samples:
             image = s.load_image() if hasattr(s, "load_image") else s.image
-            clip.append(self.clip(image))
+            if self.clip_input is not None:
+                pixels, _, patch = self.clip_input(image)
+                clip.append(pixels)
+                patches.append(patch)
+            else:
+                clip.append(self.clip(image))
             pixels, size = self.sam(image)
             sam.append(pixels)
             resize.append(size)
@@ -63,4 +78,5 @@ class Collator:
         text = collate_conversations(self.tokenizer, texts, self.template, self.use_im_start_end, self.truncate_len)
         return Batch(torch.cat(clip), torch.cat(sam), text["input_ids"], text["labels"],
                      text["attention_mask"].long(), offset, masks, resize,
-                     torch.tensor(probes, dtype=torch.long) if probes else None)
+                     torch.tensor(probes, dtype=torch.long) if probes else None,
+                     torch.cat(patches) if patches and patches[0] is not None else None)

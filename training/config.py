@@ -15,6 +15,8 @@ class TrainConfig:
     tiny_config: dict = field(default_factory=dict)
     vision_tower: str | None = None
     family: str | None = None  # model family (lisa_model.families); None: read from the checkpoint (tiny-random: lisa)
+    # the family's training options (Family.configure_training), e.g. UGround {mode: 1|2|3, baseline_type: ema|critic}
+    family_options: dict = field(default_factory=dict)
     conv_template: str | None = None
     dtype: str = "bfloat16"  # mixed precision where supported ("float32" on CPU-only runs)
     gradient_checkpointing: bool = True

@@ -1,5 +1,7 @@
 """What trains: LoRA on the language model's attention (q_proj / v_proj only, never CLIP's), plus full lm_head,
-embed_tokens, SAM's mask decoder and the [SEG] head; CLIP, projector and SAM's encoders stay frozen."""
+embed_tokens, SAM's mask decoder and the [SEG] head, and what the model family adds (`Family.trainable_prefixes`:
+SAM's prompt encoder for READ / UGround, UGround's layer policy); CLIP, projector and SAM's image encoder stay
+frozen."""
 from __future__ import annotations
 
 import re
@@ -59,9 +61,11 @@ def prepare_for_training(model: LisaForSegmentation, cfg: TrainConfig) -> torch.
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules=lora_target_regex(tuple(cfg.lora_target_modules)), bias="none")
         model = get_peft_model(model, lora)
-    prefixes = tuple(trainable_prefixes(cfg))
+    family, config = unwrap(model).family, unwrap(model).config
+    prefixes = tuple(trainable_prefixes(cfg)) + family.trainable_prefixes(config)
+    untrained = NEVER_IN_THE_LOSS + family.untrained_prefixes(config)
     for name, p in model.named_parameters():
-        if (base_name(name).startswith(prefixes) and not base_name(name).startswith(NEVER_IN_THE_LOSS)) \
+        if (base_name(name).startswith(prefixes) and not base_name(name).startswith(untrained)) \
                 or "lora_" in name:
             p.requires_grad_(True)
     return model

@@ -82,11 +82,12 @@ class Trainer:
         self.segmenter = build_segmenter(cfg)
         base = self.segmenter.model
         base.model.language_model.config._attn_implementation = cfg.attn_implementation
+        base.family.configure_training(base, cfg.family_options)
         self.train_data, self.val_data = build_training_data(cfg, self.segmenter.tokenizer)
         self.collate = Collator(self.segmenter.tokenizer, base.config.conv_template,
                                 self.segmenter.clip_preprocessor, self.segmenter.sam_preprocessor,
                                 base.config.mm_use_im_start_end, base.family.train_text_limit(base.config),
-                                base.family)
+                                base.family, clip_input=self.segmenter.clip_input)
         model = prepare_for_training(base, cfg)
         self.probe = nn.Linear(base.config.text_config.hidden_size, cfg.probe_classes) \
             if cfg.probe_weight > 0 and cfg.probe_classes > 0 else None
@@ -122,9 +123,10 @@ class Trainer:
             out = self.model(clip_pixels=batch.clip_pixels, sam_pixels=batch.sam_pixels, input_ids=batch.input_ids,
                              labels=batch.labels, attention_mask=batch.attention_mask, offset=batch.offset,
                              gt_masks=batch.gt_masks, resize_list=batch.resize_list, ce_weight=ce_weight,
-                             bce_weight=cfg.bce_weight, dice_weight=cfg.dice_weight)
+                             bce_weight=cfg.bce_weight, dice_weight=cfg.dice_weight, patch_mask=batch.patch_mask)
             loss = out["loss"]
             logs = {k: float(out[k].detach()) for k in ("loss", "ce_loss", "mask_bce_loss", "mask_dice_loss")}
+            logs.update({k: float(v.detach()) for k, v in out["family_losses"].items()})  # e.g. policy_loss
             if self.probe is not None and batch.probe_targets is not None:
                 states = torch.cat(out["seg_states"])
                 probe_loss = nn.functional.cross_entropy(self.probe(states.float()), batch.probe_targets)

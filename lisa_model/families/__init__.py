@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 from ..checkpoint import CheckpointError
-from .base import AnswerParts, Family, ImageGeometry, MaskPrompts
+from .base import AnswerParts, Family, FamilyLosses, ImageGeometry, LayerChoice, MaskPrompts
 from .glamm import GLAMM
 from .lisa import LISA
 from .read import READ
@@ -40,4 +40,5 @@ def detect_family(raw_config: Mapping, keys: Iterable[str], where: str = "checkp
         f"{' ...' if len(prefixes) > 12 else ''}); known families - {known}; pass family= to choose one")
 
 
-__all__ = ["AnswerParts", "FAMILIES", "Family", "ImageGeometry", "MaskPrompts", "detect_family", "family_named"]
+__all__ = ["AnswerParts", "FAMILIES", "Family", "FamilyLosses", "ImageGeometry", "LayerChoice", "MaskPrompts",
+           "detect_family", "family_named"]

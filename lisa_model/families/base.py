@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import torch
 
@@ -51,6 +51,34 @@ class AnswerParts:
 
     labels: list[str] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LayerChoice:
+    """Which hidden-state entry (0 = embedding output ... E-1 = final post-norm state) each of a training batch's N
+    [SEG]s reads (rows in order, [SEG]s in order within a row): `similarity` [N] for the family's similarity map
+    (the [SEG] and the image-token states), `sam` [N] for the SAM embedding; `log_probs` [N] and `probs_mean` [E]
+    when a learned policy sampled them (its loss needs them)."""
+
+    similarity: torch.Tensor
+    sam: torch.Tensor
+    log_probs: torch.Tensor | None = None
+    probs_mean: torch.Tensor | None = None
+
+
+@dataclass
+class FamilyLosses:
+    """What a family adds to LISA's training loss.
+
+    bce / dice: 0-d sums over the batch's masks (sum over images of n_i * term_i) that join LISA's BCE / DICE
+    sums, so they are divided by the batch's mask count and weighted by bce_weight / dice_weight with them;
+    added: terms added to the total as they are (already weighted), reported under their names;
+    components: detached values for logs and tests."""
+
+    bce: torch.Tensor | None = None
+    dice: torch.Tensor | None = None
+    added: dict[str, torch.Tensor] = field(default_factory=dict)
+    components: dict[str, Any] = field(default_factory=dict)
 
 
 class Family:
@@ -113,6 +141,38 @@ class Family:
         """Token limit of a training conversation (the image placeholder counting one): LISA's reference cuts
         at its model_max_length 512 minus 255, whatever the image size."""
         return 512 - 255
+
+    # ----- training ---------------------------------------------------------------------------------------------
+    def configure_training(self, model: "LisaForSegmentation", options: Mapping) -> None:
+        """Apply a training config's `family_options` (e.g. UGround's policy mode). LISA has none."""
+        if options:
+            raise ValueError(f"family {self.name} takes no training options (got {sorted(options)})")
+
+    def trainable_prefixes(self, config) -> tuple[str, ...]:
+        """Module-name prefixes the family trains fully besides LISA's (lm_head, embed_tokens, mask decoder,
+        [SEG] head), e.g. SAM's prompt encoder when the family prompts SAM with more than the [SEG] vector."""
+        return ()
+
+    def untrained_prefixes(self, config) -> tuple[str, ...]:
+        """Parts of `trainable_prefixes` that the family's loss never reaches (e.g. the box embeddings of a prompt
+        encoder fed points only). The reference marks them trainable, but AdamW never moves a weight without a
+        gradient, so freezing them changes nothing - and lets DistributedDataParallel run."""
+        return ()
+
+    def needs_layer_states(self, model: "LisaForSegmentation") -> bool:
+        """True when the training forward must keep every layer's hidden states (for `choose_layers`)."""
+        return False
+
+    def choose_layers(self, model: "LisaForSegmentation", seg_layer_states: torch.Tensor) -> LayerChoice | None:
+        """seg_layer_states [N, E, H]: the states that predicted each [SEG] of a training batch, per hidden-state
+        entry (E = 1 unless `needs_layer_states`). None (LISA): the final layer for everything."""
+        return None
+
+    def training_losses(self, model: "LisaForSegmentation", prompts: list[MaskPrompts | None],
+                        gt_masks: list[torch.Tensor], choice: LayerChoice | None) -> FamilyLosses:
+        """The family's loss terms from each image's SAM prompts (`MaskPrompts.extras`; None for an image without
+        [SEG]) and gt masks [n_i, H_i, W_i]. LISA adds none."""
+        return FamilyLosses()
 
     def plain_text(self, text: str) -> str:
         """The answer as a robot reads it: the family's mask and control tokens removed, whitespace collapsed."""

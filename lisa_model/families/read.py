@@ -7,6 +7,10 @@ What differs from LISA (docs/families/read.md has every step):
   point" - each pulled a fraction of a cell towards higher similarity by a softmax-weighted, Gaussian-windowed
   mean; SAM gets them together with the [SEG] embedding.
 
+Training adds no loss term (LISA's CE + BCE + DICE): gradients reach the language model through the [SEG]
+embedding and through the soft-argmax point positions (SAM's positional encoding of the points); the discrete
+choice of cells carries none. As in the UGround framework, SAM's prompt encoder trains too.
+
 We follow READ as the UGround code base implements it (its validation is our fixture's reference). READ's own
 repository, which trained the released weights, differs in its point constants and map handling (centre-cropped
 CLIP input, a 12 x 12 map for READ-7B, 30 points, a full-resolution refinement; read.md section 6): with those
@@ -37,6 +41,14 @@ class Read(Family):
 
     def clip_pads_image(self, config) -> bool:
         return True
+
+    def trainable_prefixes(self, config) -> tuple[str, ...]:
+        return ("sam.prompt_encoder.",)
+
+    def untrained_prefixes(self, config) -> tuple[str, ...]:
+        # points only: the box-corner embeddings and the mask-prompt convolutions never see a gradient
+        return ("sam.prompt_encoder.point_embeddings.2.", "sam.prompt_encoder.point_embeddings.3.",
+                "sam.prompt_encoder.mask_downscaling.")
 
     def mask_prompts(self, model, seg_states: torch.Tensor, seg_embeddings: torch.Tensor,
                      image_states: torch.Tensor | None, geometry: ImageGeometry) -> MaskPrompts:

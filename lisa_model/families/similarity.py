@@ -9,8 +9,14 @@ import torch
 
 
 def raw_similarity(seg_states: torch.Tensor, image_states: torch.Tensor) -> torch.Tensor:
-    """seg_states [n, H], image_states [P, H] -> [n, P] float32 dot products."""
-    return seg_states.float() @ image_states.float().T
+    """seg_states [n, H], image_states [P, H] (or [n, P, H]: each [SEG] its own, e.g. from the layer UGround's
+    training policy chose for it) -> [n, P] float32 dot products (also under mixed-precision training's autocast:
+    the maps that follow are normalised by their range and interpolated, and CPUs have no bfloat16 gradient for
+    the antialiased resize)."""
+    with torch.autocast(seg_states.device.type, enabled=False):
+        if image_states.dim() == 3:
+            return torch.einsum("nh,nph->np", seg_states.float(), image_states.float())
+        return seg_states.float() @ image_states.float().T
 
 
 def min_max(x: torch.Tensor, eps: float = 0.0) -> torch.Tensor:

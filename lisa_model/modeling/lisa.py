@@ -13,7 +13,7 @@ from transformers import LlavaForConditionalGeneration
 
 from ..configuration_lisa import PROJECTOR_LINEAR, PROJECTOR_MLP2X_GELU, LisaConfig
 from ..constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from ..families import ImageGeometry, family_named
+from ..families import ImageGeometry, LayerChoice, MaskPrompts, family_named
 from .sam import build_sam, decode_masks, upscale_masks
 
 
@@ -128,11 +128,14 @@ class LisaForSegmentation(LlavaForConditionalGeneration):
         return states[p: p + self.config.num_image_tokens]
 
     def language_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                        **kwargs) -> torch.Tensor:
-        """Final-layer, post-norm LLaMA states [B, T, H]; masked tokens are silenced (`masked_tokens_silenced`)."""
+                        all_layers: bool = False, **kwargs) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Final-layer, post-norm LLaMA states [B, T, H]; masked tokens are silenced (`masked_tokens_silenced`).
+        all_layers: every hidden-state entry instead, E = layers + 1 of them (embedding output, each layer's
+        output, the last one post-norm)."""
         with self.masked_tokens_silenced(attention_mask):
-            out = self.model.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
-        return out.last_hidden_state
+            out = self.model.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                            output_hidden_states=all_layers or None, **kwargs)
+        return tuple(out.hidden_states) if all_layers else out.last_hidden_state
 
     @contextmanager
     def masked_tokens_silenced(self, attention_mask: torch.Tensor | None):
@@ -168,14 +171,26 @@ class LisaForSegmentation(LlavaForConditionalGeneration):
         n may be 0 (an answer without [SEG], e.g. "it is not here"): SAM's decoder cannot take an empty batch.
         image_states [P, H]: last-layer states of the image tokens, for families whose prompts use them;
         clip_valid_size: the image's (h, w) inside CLIP's padded square, for families that pad."""
+        return self.masks_with_prompts(seg_states, image_embedding, input_size, original_size, image_states,
+                                       clip_valid_size)[0]
+
+    def masks_with_prompts(self, seg_states: torch.Tensor, image_embedding: torch.Tensor,
+                           input_size: tuple[int, int], original_size: tuple[int, int],
+                           image_states: torch.Tensor | None = None,
+                           clip_valid_size: tuple[int, int] | None = None,
+                           prompt_states: torch.Tensor | None = None) -> tuple[torch.Tensor, MaskPrompts | None]:
+        """`masks_from_states`, and the family's SAM prompts (None when n = 0), whose extras the training losses
+        read. prompt_states [n, H]: the states the family's prompts are built from when they are not seg_states
+        (UGround's training policy may read them from another layer); image_states may then be [n, P, H]."""
         if seg_states.shape[0] == 0:
-            return image_embedding.new_zeros((0, *original_size), dtype=torch.float32)
+            return image_embedding.new_zeros((0, *original_size), dtype=torch.float32), None
         seg = self.seg_projection(seg_states)
         geometry = ImageGeometry(tuple(original_size), tuple(input_size), self.sam.image_encoder.img_size,
                                  clip_valid_size)
-        prompts = self.family.mask_prompts(self, seg_states, seg, image_states, geometry)
+        prompts = self.family.mask_prompts(self, seg_states if prompt_states is None else prompt_states, seg,
+                                           image_states, geometry)
         low_res = decode_masks(self.sam, seg, image_embedding, prompts.points, prompts.dense)
-        return upscale_masks(low_res, input_size, original_size, self.sam.image_encoder.img_size)
+        return upscale_masks(low_res, input_size, original_size, self.sam.image_encoder.img_size), prompts
 
     # ----- training ---------------------------------------------------------------------------------------------
     def forward(self, *args, **kwargs):
@@ -188,36 +203,77 @@ class LisaForSegmentation(LlavaForConditionalGeneration):
     def forward_train(self, clip_pixels: torch.Tensor, sam_pixels: torch.Tensor, input_ids: torch.Tensor,
                       labels: torch.Tensor, attention_mask: torch.Tensor, offset: list[int],
                       gt_masks: list[torch.Tensor], resize_list: list[tuple[int, int]],
-                      ce_weight: float = 1.0, bce_weight: float = 2.0, dice_weight: float = 0.5
-                      ) -> dict[str, torch.Tensor]:
-        """The reference's training forward and loss (1.0*CE + 2.0*BCE + 0.5*DICE by default).
+                      ce_weight: float = 1.0, bce_weight: float = 2.0, dice_weight: float = 0.5,
+                      patch_mask: torch.Tensor | None = None) -> dict:
+        """The reference's training forward and loss (1.0*CE + 2.0*BCE + 0.5*DICE by default), plus the family's
+        terms (`Family.training_losses`).
 
         clip_pixels / sam_pixels: one row per image; input_ids / labels / attention_mask: one row per
         conversation, conversations offset[i]:offset[i+1] belong to image i; gt_masks[i]: [n_i, H_i, W_i] float
-        targets at the original size, one per [SEG] of image i's conversations, in order.
+        targets at the original size, one per [SEG] of image i's conversations, in order; patch_mask [B, 1 + P]
+        bool: the family's CLIP patch mask per image (`LisaSegmenter.clip_input`), None when it has none.
+        Returns the losses (0-d; `loss` is what to minimise; the family's added terms also under
+        `family_losses`), `pred_masks`, `seg_states` (per row) and the family's `components`.
         """
         from ..losses import combine_losses, mask_losses  # training-only dependency
 
         image_embeddings = self.sam_embedding(sam_pixels)
-        per_image = self.image_tokens(clip_pixels)
-        counts = [offset[i + 1] - offset[i] for i in range(len(offset) - 1)]
-        image_rows = torch.repeat_interleave(per_image, torch.tensor(counts, device=per_image.device), dim=0)
-        embeds, labels_x, mask_x = self.splice_image(input_ids, image_rows, labels, attention_mask)
-        states = self.language_states(embeds, mask_x)
+        per_image = self.image_tokens(clip_pixels, patch_mask)
+        counts = torch.tensor([offset[i + 1] - offset[i] for i in range(len(offset) - 1)], device=per_image.device)
+        image_rows = torch.repeat_interleave(per_image, counts, dim=0)
+        token_mask = None if patch_mask is None else \
+            torch.repeat_interleave(patch_mask[:, 1:].to(per_image.device), counts, dim=0)
+        embeds, labels_x, mask_x = self.splice_image(input_ids, image_rows, labels, attention_mask, token_mask)
+        layers = self.language_states(embeds, mask_x, all_layers=self.family.needs_layer_states(self))
+        layers = layers if isinstance(layers, tuple) else (layers,)
+        states = layers[-1]
         logits = self.lm_head(states).float()
         ce = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels_x[:, 1:].flatten(),
                                          ignore_index=IGNORE_INDEX)
         positions = self.seg_state_positions(input_ids)
-        pred_masks = []
+        # every [SEG] of the batch, rows in order: its row, and its states in every kept layer [N, E, H]
+        seg_rows = torch.cat([torch.full((len(p),), r, dtype=torch.long) for r, p in enumerate(positions)])
+        seg_layers = torch.cat([torch.stack([h[r, p] for h in layers], dim=1) for r, p in enumerate(positions)])
+        choice = self.family.choose_layers(self, seg_layers)
+        pred_masks, prompts, first = [], [], 0
         for i in range(len(offset) - 1):
-            rows = range(offset[i], offset[i + 1])
-            seg_states = torch.cat([states[r, positions[r]] for r in rows])
-            # image-token states precede each row's question, so (causal) every conversation of image i has the same
-            image_states = self.image_token_states(states[offset[i]], input_ids[offset[i]])
-            pred_masks.append(self.masks_from_states(seg_states, image_embeddings[i:i + 1], resize_list[i],
-                                                     tuple(gt_masks[i].shape[-2:]), image_states))
-        losses = mask_losses(pred_masks, gt_masks, bce_weight=bce_weight, dice_weight=dice_weight)
+            n = sum(len(positions[r]) for r in range(offset[i], offset[i + 1]))
+            picked = slice(first, first + n)
+            first += n
+            if choice is None:
+                sam_states = prompt_states = seg_layers[picked, -1]
+                # image-token states precede each row's question, so (causal) every conversation of image i has
+                # the same
+                image_states = self.image_token_states(states[offset[i]], input_ids[offset[i]])
+            else:
+                sam_states, prompt_states, image_states = self._chosen_states(
+                    layers, input_ids, seg_layers[picked], seg_rows[picked], choice, picked)
+            masks, image_prompts = self.masks_with_prompts(
+                sam_states, image_embeddings[i:i + 1], resize_list[i], tuple(gt_masks[i].shape[-2:]), image_states,
+                prompt_states=prompt_states)
+            pred_masks.append(masks)
+            prompts.append(image_prompts)
+        extra = self.family.training_losses(self, prompts, gt_masks, choice)
+        losses = mask_losses(pred_masks, gt_masks, bce_weight=bce_weight, dice_weight=dice_weight,
+                             extra_bce=extra.bce, extra_dice=extra.dice)
         out = combine_losses(ce, losses, ce_weight=ce_weight)
+        for name, term in extra.added.items():
+            out[name] = term
+            out["loss"] = out["loss"] + term
         out["pred_masks"] = pred_masks
         out["seg_states"] = [states[r, positions[r]] for r in range(states.shape[0])]
+        out["family_losses"] = dict(extra.added)
+        out["components"] = extra.components
         return out
+
+    def _chosen_states(self, layers: tuple[torch.Tensor, ...], input_ids: torch.Tensor, seg_layers: torch.Tensor,
+                       rows: torch.Tensor, choice: LayerChoice, picked: slice
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One image's n [SEG]s under a layer choice: SAM states [n, H], prompt states [n, H] and the image-token
+        states of each one's prompt layer and row [n, P, H]."""
+        index = torch.arange(seg_layers.shape[0], device=seg_layers.device)
+        sim, sam = choice.similarity[picked], choice.sam[picked]
+        image_states = [self.image_token_states(layers[int(l)][int(r)], input_ids[int(r)])
+                        for l, r in zip(sim, rows)]
+        stacked = torch.stack(image_states) if image_states else seg_layers.new_zeros((0, 0, seg_layers.shape[-1]))
+        return seg_layers[index, sam], seg_layers[index, sim], stacked
