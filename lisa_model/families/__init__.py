@@ -10,10 +10,11 @@ from typing import Iterable, Mapping
 
 from ..checkpoint import CheckpointError
 from .base import AnswerParts, Family, ImageGeometry, MaskPrompts
+from .gsva import GSVA
 from .lisa import LISA
 
 # Detection order: the more specific families first, LISA (the base) last.
-FAMILIES: dict[str, Family] = {f.name: f for f in (LISA,)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (GSVA, LISA)}
 
 
 def family_named(name: str) -> Family:

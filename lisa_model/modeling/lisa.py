@@ -172,8 +172,10 @@ class LisaForSegmentation(LlavaForConditionalGeneration):
             seg_states = torch.cat([states[r, positions[r]] for r in rows])
             # image-token states precede each row's question, so (causal) every conversation of image i has the same
             image_states = self.image_token_states(states[offset[i]], input_ids[offset[i]])
-            pred_masks.append(self.masks_from_states(seg_states, image_embeddings[i:i + 1], resize_list[i],
-                                                     tuple(gt_masks[i].shape[-2:]), image_states))
+            seg_logits = self.masks_from_states(seg_states, image_embeddings[i:i + 1], resize_list[i],
+                                                tuple(gt_masks[i].shape[-2:]), image_states)
+            # the family pairs them with the targets (GSVA: a [REJ] target gets all-zero logits)
+            pred_masks.append(self.family.loss_masks(self, seg_logits, input_ids[rows.start:rows.stop], gt_masks[i]))
         losses = mask_losses(pred_masks, gt_masks, bce_weight=bce_weight, dice_weight=dice_weight)
         out = combine_losses(ce, losses, ce_weight=ce_weight)
         out["pred_masks"] = pred_masks
