@@ -197,7 +197,8 @@ def merge_lora(state: dict[str, torch.Tensor], alpha: float, where: str = "check
                                   f"{sorted(pair)} of adapters {sorted(adapters[prefix])})")
         base, a, b = out.get(prefix + ".weight"), pair["A"], pair["B"]
         if base is None:
-            raise CheckpointError(f"{where}: a LoRA pair for {prefix} but no {prefix}.weight to merge it into")
+            raise CheckpointError(f"{where}: a LoRA pair for {prefix} but no {prefix}.weight to merge it into (the "
+                                  "frozen base weights are missing: only the trainable tensors saved?)")
         if a.dim() != 2 or b.dim() != 2 or (b.shape[0], a.shape[1]) != tuple(base.shape) or b.shape[1] != a.shape[0]:
             raise CheckpointError(f"{where}: LoRA shapes A {tuple(a.shape)}, B {tuple(b.shape)} do not fit "
                                   f"{prefix}.weight {tuple(base.shape)}")
