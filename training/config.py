@@ -14,6 +14,8 @@ class TrainConfig:
     # "sam": {SamGeometry fields}) for small-model experiments.
     tiny_config: dict = field(default_factory=dict)
     vision_tower: str | None = None
+    family: str | None = None  # model family (lisa_model.families); None: recognised from the checkpoint
+    base_model: str | None = None  # base model folder of a bare-state-dict release (GSVA's .bin)
     conv_template: str | None = None
     dtype: str = "bfloat16"  # mixed precision where supported ("float32" on CPU-only runs)
     gradient_checkpointing: bool = True

@@ -67,9 +67,10 @@ def build_segmenter(cfg: TrainConfig) -> LisaSegmenter:
         kwargs = dict(cfg.tiny_config)
         if "sam" in kwargs:
             kwargs["sam"] = SamGeometry.from_dict(kwargs["sam"])
-        return build_tiny_segmenter(seed=cfg.seed, config_fn=partial(tiny_config, **kwargs))
+        return build_tiny_segmenter(seed=cfg.seed, config_fn=partial(tiny_config, **kwargs),
+                                    family=cfg.family or "lisa")
     return LisaSegmenter.from_pretrained(cfg.model, vision_tower=cfg.vision_tower, conv_template=cfg.conv_template,
-                                         dtype="float32")
+                                         dtype="float32", family=cfg.family, base_model=cfg.base_model)
 
 
 class Trainer:
@@ -84,7 +85,7 @@ class Trainer:
         self.train_data, self.val_data = build_training_data(cfg, self.segmenter.tokenizer)
         self.collate = Collator(self.segmenter.tokenizer, base.config.conv_template,
                                 self.segmenter.clip_preprocessor, self.segmenter.sam_preprocessor,
-                                base.config.mm_use_im_start_end)
+                                base.config.mm_use_im_start_end, base.family.train_truncate_len)
         model = prepare_for_training(base, cfg)
         self.probe = nn.Linear(base.config.text_config.hidden_size, cfg.probe_classes) \
             if cfg.probe_weight > 0 and cfg.probe_classes > 0 else None

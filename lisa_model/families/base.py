@@ -69,6 +69,8 @@ class Family:
     # tokenizer spacing: False = transformers 4.31's slow LlamaTokenizer (whitespace next to an added token is
     # stripped), True = 4.44's (kept); see LisaTokenizer.keep_whitespace
     keeps_whitespace = False
+    # training ids are cut to this many (the reference's model_max_length 512 minus room for 255 image tokens)
+    train_truncate_len = 512 - 255
 
     @property
     def task_tokens(self) -> tuple[str, ...]:

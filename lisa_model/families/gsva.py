@@ -17,7 +17,7 @@ what differs from LISA, and which hook carries it:
   comes from that pass. Choice: eval_gres is what GSVA's reported gRefCOCO numbers use; the states gathered while
   decoding (`validate`'s single pass) differ for a [SEG] that follows a [REJ]. Without a [REJ] before a [SEG]
   both passes agree and no second pass runs.
-- Training (`loss_masks`): only [SEG] slots are decoded; a [REJ] target is predicted as all-zero logits against
+- Training (`loss_masks`, `train_truncate_len`): only [SEG] slots are decoded; a [REJ] target is predicted as all-zero logits against
   its all-zero target (a constant ln 2 BCE and ~1 DICE that count in the normaliser): it learns through CE only.
 """
 from __future__ import annotations
@@ -59,6 +59,7 @@ class Gsva(Family):
     name = "gsva"
     extra_tokens = (REJ_TOKEN,)
     keeps_whitespace = True
+    train_truncate_len = 1024 - 2  # GSVA's collate: model_max_length 1024 - (Np - 1), its Np being 3
 
     def matches(self, raw_config: Mapping, keys: Iterable[str]) -> bool:
         keys = list(keys)
