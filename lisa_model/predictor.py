@@ -112,29 +112,22 @@ class LisaSegmenter:
             return seg
         folder = builtin_folder(path_or_id)
         bare = None if folder else bare_weight_file(Path(path_or_id).expanduser())
-        if bare is not None:
-            if base_model is None:
-                raise CheckpointError(f"{path_or_id}: a bare state dict without config.json; pass base_model= the "
-                                      "folder of the base model it was trained from (its config.json and "
-                                      "tokenizer; GSVA: the LLaVA folder given as --mllm_model_path)")
-            base = resolve_folder(base_model, "base model")
-            if check_memory:
-                from .memory import check_fits, estimate_bare
+        if bare is not None and base_model is None:
+            raise CheckpointError(f"{path_or_id}: a bare state dict without config.json; pass base_model= the "
+                                  "folder of the base model it was trained from (its config.json and tokenizer; "
+                                  "GSVA: the LLaVA folder given as --mllm_model_path)")
+        base = resolve_folder(base_model, "base model") if bare is not None else None
+        folder = bare.parent if bare is not None else folder or resolve_folder(path_or_id, "model")
+        if check_memory:
+            from .memory import check_fits, estimate_bare, estimate_checkpoint
 
-                bits = 8 if load_in_8bit else 4 if load_in_4bit else None
-                check_fits(estimate_bare(bare, base), torch_dtype, bits, device, str(path_or_id),
-                           memory_limit_bytes)
+            bits = 8 if load_in_8bit else 4 if load_in_4bit else None
+            est = estimate_bare(bare, base) if bare is not None else estimate_checkpoint(folder, vision_tower)
+            check_fits(est, torch_dtype, bits, device, str(path_or_id), memory_limit_bytes)
+        if bare is not None:
             model, tokenizer = load_bare(bare, base, vision_tower, conv_template, torch_dtype, device, family,
                                          family_options)
-            folder = bare.parent
         else:
-            folder = folder or resolve_folder(path_or_id, "model")
-            if check_memory:
-                from .memory import check_fits, estimate_checkpoint
-
-                bits = 8 if load_in_8bit else 4 if load_in_4bit else None
-                check_fits(estimate_checkpoint(folder, vision_tower), torch_dtype, bits, device, str(path_or_id),
-                           memory_limit_bytes)
             tokenizer = LisaTokenizer.from_pretrained(folder)
             model = load_model(folder, vision_tower, tokenizer.seg_token_id, conv_template, torch_dtype, device,
                                name=str(path_or_id), family=family, family_options=family_options)
@@ -309,8 +302,12 @@ class LisaSegmenter:
         timings["decode_total"] = float(np.sum(gen.step_times))
         t1 = time.perf_counter()
         h, w = feats.original_size
-        seg_states = model.family.answer_mask_states(model, torch.tensor([input_ids + gen.ids], device=self.device),
-                                                     feats.clip_tokens, gen.seg_states)
+        try:  # the family may recompute the states (GSVA: a second pass with [REJ] read as [SEG])
+            seg_states = model.family.answer_mask_states(model, torch.tensor([input_ids + gen.ids], device=self.device),
+                                                         feats.clip_tokens, gen.seg_states)
+        except InferenceInterrupted as e:
+            e.output_ids, e.stage = list(gen.ids), "decoding_masks"
+            raise
         notes: list[str] = []
         parts = model.family.read_answer(gen.ids, self.tokenizer)
         labels = [""] * (len(seg_states) - len(parts.labels)) + parts.labels  # [SEG]s of the prompt come first

@@ -89,8 +89,8 @@ def test_lora_is_merged_and_the_release_wins(segmenter):
                                raw["base_model.model.model.mm_projector.weight"].float(), atol=0, rtol=0)
     name = "encoder.layers.0.self_attn.k_proj.weight"
     clip = ours["model.vision_tower." + name]
-    torch.testing.assert_close(clip, raw["base_model.model.model.vision_tower.vision_tower.vision_model." + name].float(),
-                               atol=0, rtol=0)
+    released = raw["base_model.model.model.vision_tower.vision_tower.vision_model." + name]
+    torch.testing.assert_close(clip, released.float(), atol=0, rtol=0)
     assert not torch.equal(clip, load_file(CLIP / "model.safetensors")["vision_model." + name])  # bf16 copy won
 
 
@@ -312,3 +312,15 @@ def test_answer_reading():
     assert target_phrase("Sure, the mask of the pink blob is") == "the pink blob"
     assert target_phrase(", the referred cat is") == "cat"
     assert target_phrase("") == ""
+
+
+def test_command_line_takes_the_base_model(tmp_path):
+    from lisa_model.cli import main as lisa_segment
+
+    case = CASES[0]
+    exp = json.loads((case / "expected.json").read_text())
+    assert lisa_segment(["--model", str(RELEASE), "--base-model", str(BASE), "--vision-tower", str(CLIP),
+                         "--out", str(tmp_path), str(case / "image.png"), question(exp)]) == 0
+    summary = json.loads((tmp_path / "image_result.json").read_text())
+    assert summary["family"] == "gsva" and summary["output_ids"] == exp["generation"]["generated_ids"][:-1]
+    assert len(summary["rejected"]) == exp["generation"]["num_rej"]

@@ -17,8 +17,9 @@ what differs from LISA, and which hook carries it:
   comes from that pass. Choice: eval_gres is what GSVA's reported gRefCOCO numbers use; the states gathered while
   decoding (`validate`'s single pass) differ for a [SEG] that follows a [REJ]. Without a [REJ] before a [SEG]
   both passes agree and no second pass runs.
-- Training (`loss_masks`, `train_truncate_len`): only [SEG] slots are decoded; a [REJ] target is predicted as all-zero logits against
-  its all-zero target (a constant ln 2 BCE and ~1 DICE that count in the normaliser): it learns through CE only.
+- Training (`loss_masks`, `train_truncate_len`): only [SEG] slots are decoded; a [REJ] target is predicted as
+  all-zero logits against its all-zero target (a constant ln 2 BCE and ~1 DICE that count in the normaliser): it
+  learns through CE only. Training ids are cut at 1022, not LISA's 257.
 """
 from __future__ import annotations
 
