@@ -4,8 +4,8 @@ Starts lisa_node as a managed (lifecycle) node and brings it to active: by itsel
 default), or from this launch file (configure, then activate) when autostart:=false. Every node parameter is a
 launch argument of the same name - the list comes from lisa_ros.parameters, so the two cannot drift apart.
 Optional: rviz:=true opens RViz with launch/lisa.rviz (overlay image, markers, point cloud).
-Optional string parameters (vision_tower, conv_template, depth_topic, camera_info_topic, depth_camera_info_topic)
-take `none` for "not set": ros2 launch refuses an empty value (`depth_topic:=`).
+Optional string parameters (vision_tower, base_model, conv_template, depth_topic, camera_info_topic,
+depth_camera_info_topic) take `none` for "not set": ros2 launch refuses an empty value (`depth_topic:=`).
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler

@@ -132,17 +132,20 @@ def tensor_shapes(files: list[Path]) -> dict[str, torch.Size]:
     return shapes
 
 
-def stream_into(model: torch.nn.Module, sources: list[tuple[list[Path], Callable[[str], str | None]]],
+def stream_into(model: torch.nn.Module, sources: list[tuple],
                 dtype_for: Callable[[str], torch.dtype], device: torch.device | str = "cpu") -> None:
-    """Assign every tensor of `sources` (files + key map) to `model`, which may hold meta parameters.
+    """Assign every tensor of `sources` (files + key map [+ shard transform]) to `model`, which may hold meta
+    parameters. A source's optional third element rewrites each whole shard before renaming (e.g. merge_lora).
 
     Raises CheckpointError naming the file for unexpected keys, and naming the keys still missing at the end.
     """
     expected = dict(model.named_parameters())
     expected.update(dict(model.named_buffers()))
     loaded: set[str] = set()
-    for files, key_map in sources:
+    for files, key_map, *transform in sources:
         for path, shard in iter_shards(files):
+            if transform:
+                shard = transform[0](shard)
             batch, unexpected = {}, []
             for key in list(shard):
                 name = key_map(key)
@@ -167,6 +170,54 @@ def stream_into(model: torch.nn.Module, sources: list[tuple[list[Path], Callable
     if missing:
         shown = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
         raise CheckpointError(f"weights missing from the checkpoint: {shown}")
+
+
+_LORA = re.compile(r"^(.*)\.lora_([AB])\.([^.]+)\.weight$")
+
+
+def merge_lora(state: dict[str, torch.Tensor], alpha: float, where: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Fold peft's unmerged LoRA pairs into their base weights: W + (alpha / r) * B @ A, in float64.
+
+    `X.lora_A.<adapter>.weight` [r, in] and `X.lora_B.<adapter>.weight` [out, r] go with `X.weight` [out, in]
+    (peft 0.4 names; newer peft's `X.base_layer.*` is renamed to `X.*`). r is read from A; alpha is not stored
+    by peft's state dicts, so the caller names it. Works on meta tensors too (shapes only). Other keys pass."""
+    out: dict[str, torch.Tensor] = {}
+    pairs: dict[str, dict[str, torch.Tensor]] = {}  # "X" -> {"A": ..., "B": ...}
+    adapters: dict[str, set[str]] = {}
+    for key, tensor in state.items():
+        m = _LORA.match(key)
+        if m:
+            pairs.setdefault(m.group(1), {})[m.group(2)] = tensor
+            adapters.setdefault(m.group(1), set()).add(m.group(3))
+        else:
+            out[key.replace(".base_layer.", ".")] = tensor
+    for prefix, pair in pairs.items():
+        if len(adapters[prefix]) != 1 or set(pair) != {"A", "B"}:
+            raise CheckpointError(f"{where}: the LoRA of {prefix} is not one lora_A/lora_B pair (found "
+                                  f"{sorted(pair)} of adapters {sorted(adapters[prefix])})")
+        base, a, b = out.get(prefix + ".weight"), pair["A"], pair["B"]
+        if base is None:
+            raise CheckpointError(f"{where}: a LoRA pair for {prefix} but no {prefix}.weight to merge it into (the "
+                                  "frozen base weights are missing: only the trainable tensors saved?)")
+        if a.dim() != 2 or b.dim() != 2 or (b.shape[0], a.shape[1]) != tuple(base.shape) or b.shape[1] != a.shape[0]:
+            raise CheckpointError(f"{where}: LoRA shapes A {tuple(a.shape)}, B {tuple(b.shape)} do not fit "
+                                  f"{prefix}.weight {tuple(base.shape)}")
+        out[prefix + ".weight"] = base.double() + (alpha / a.shape[0]) * (b.double() @ a.double())
+    return out
+
+
+def bare_weight_file(path: Path) -> Path | None:
+    """The single weights file of a checkpoint released as a bare state dict (no config.json): `path` itself, or
+    the only weights file in folder `path`. None for a folder with a config.json (a regular layout)."""
+    if path.is_file():
+        return path
+    if not path.is_dir() or (path / "config.json").is_file():
+        return None
+    found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".bin", ".pt", ".pth", ".safetensors"))
+    if len(found) > 1:
+        raise CheckpointError(f"{path} has no config.json and several weights files ({[p.name for p in found]}); "
+                              "name the one to load")
+    return found[0] if found else None
 
 
 def save_safetensors(state: dict[str, torch.Tensor], folder: Path, max_shard_bytes: int = 5 * 2**30) -> None:

@@ -20,6 +20,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", required=True, help=f"checkpoint folder, hub id, or {TINY_RANDOM!r} (offline, "
                                                   "random weights: meaningless masks)")
     p.add_argument("--vision-tower", default=None, help="CLIP folder or hub id (default: the checkpoint's)")
+    p.add_argument("--base-model", default=None, help="base model folder of a checkpoint released as a bare state "
+                                                      "dict (GSVA's .bin)")
     p.add_argument("--family", default=None, help="model family override (lisa, read, uground, gsva, glamm); "
                                                   "default: recognised from the checkpoint")
     p.add_argument("--device", default="cpu")
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         seg = LisaSegmenter.from_pretrained(args.model, vision_tower=args.vision_tower, device=args.device,
                                             dtype=args.dtype, conv_template=args.conv_template,
                                             load_in_8bit=args.load_in_8bit, load_in_4bit=args.load_in_4bit,
-                                            family=args.family)
+                                            family=args.family, base_model=args.base_model)
         load_s = time.perf_counter() - t0
         result = seg.segment(image, args.instruction, max_new_tokens=args.max_new_tokens, explain=args.explain)
     except (CheckpointError, ValueError, RuntimeError, OSError) as e:

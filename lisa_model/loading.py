@@ -2,7 +2,8 @@
 
 Released layout: config.json of LISAForCausalLM + sharded .bin; CLIP comes from `config.vision_tower` or the
 caller's `vision_tower`; SAM's geometry is read from tensor shapes. Our layout: config.json of `LisaConfig`
-(model_type "lisa") + safetensors holding everything, CLIP included.
+(model_type "lisa") + safetensors holding everything, CLIP included. Bare layout (GSVA): one state dict without
+config.json; config and tokenizer come from the base model it was trained from (`load_bare`).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from .configuration_lisa import PROJECTOR_LINEAR, PROJECTOR_MLP2X_GELU, LisaConf
 from .families import Family, detect_family, family_named
 from .modeling.lisa import LisaForSegmentation
 from .modeling.sam import infer_sam_geometry
+from .tokenization import LisaTokenizer
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -113,13 +115,17 @@ def released_sam_geometry(shapes: dict[str, torch.Size], family: Family, where: 
 
 
 def released_config(raw: dict, shapes: dict[str, torch.Size], clip: CLIPVisionConfig, seg_token_id: int,
-                    conv_template: str, vision_tower_name: str, family: Family, where: str = "checkpoint"
-                    ) -> LisaConfig:
-    """LisaConfig for a released checkpoint of `family` (its config.json + its tensor shapes)."""
+                    conv_template: str, vision_tower_name: str, family: Family, where: str = "checkpoint",
+                    options: dict | None = None) -> LisaConfig:
+    """LisaConfig for a released checkpoint of `family` (its config.json + its tensor shapes); options: the
+    family_options (default: what the family reads from the config)."""
     text_keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                  "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "hidden_act", "bos_token_id",
                  "eos_token_id", "pad_token_id", "rope_theta")
-    text = LlamaConfig(**{k: raw[k] for k in text_keys if raw.get(k) is not None}, tie_word_embeddings=False)
+    values = {k: raw[k] for k in text_keys if raw.get(k) is not None}
+    if "model.embed_tokens.weight" in shapes:  # a base model's config counts the rows before tokens were added
+        values["vocab_size"] = int(shapes["model.embed_tokens.weight"][0])
+    text = LlamaConfig(**values, tie_word_embeddings=False)
     if raw.get("rope_scaling"):
         raise CheckpointError(f"rope_scaling {raw['rope_scaling']} is not supported")
     if "model.mm_projector.weight" in shapes:
@@ -137,7 +143,8 @@ def released_config(raw: dict, shapes: dict[str, torch.Size], clip: CLIPVisionCo
         vision_feature_select_strategy="default" if raw.get("mm_vision_select_feature", "patch") == "patch"
         else "full",
         conv_template=conv_template, image_token_index=text.vocab_size, vision_tower_name=vision_tower_name,
-        tie_word_embeddings=False, family=family.name, family_options=family.config_options(raw, shapes),
+        tie_word_embeddings=False, family=family.name,
+        family_options=family.config_options(raw, shapes) if options is None else options,
     )
 
 
@@ -149,11 +156,18 @@ def empty_model(config: LisaConfig) -> LisaForSegmentation:
 
 
 def load_released(folder: Path, vision_tower: str | Path | None, seg_token_id: int, conv_template: str,
-                  dtype: torch.dtype, device: str, family: str | None = None) -> LisaForSegmentation:
-    raw = read_config(folder)
-    files = weight_files(folder)
-    shapes = tensor_shapes(files)
-    chosen = family_named(family) if family else detect_family(raw, shapes, str(folder))
+                  dtype: torch.dtype, device: str, family: str | None = None, family_options: dict | None = None,
+                  raw: dict | None = None, files: list[Path] | None = None) -> LisaForSegmentation:
+    """A released checkpoint: folder's config.json and weights, or `raw` and `files` given (a bare release).
+    family_options: added to what the family reads from the release (e.g. GSVA's lora_alpha)."""
+    where = str(folder) if files is None else str(files[0])
+    raw = read_config(folder) if raw is None else raw
+    files = weight_files(folder) if files is None else files
+    stored = tensor_shapes(files)
+    chosen = family_named(family) if family else detect_family(raw, stored, where)
+    options = {**chosen.config_options(raw, stored), **(family_options or {})}
+    meta = {k: torch.empty(s, device="meta") for k, s in stored.items()}
+    shapes = {k: t.shape for k, t in chosen.unwrap_state(meta, options, where).items()}
     tower_name = str(vision_tower or raw.get("vision_tower") or raw.get("mm_vision_tower") or "")
     if not tower_name:
         raise CheckpointError(f"{folder / 'config.json'} names no vision tower; pass vision_tower=")
@@ -162,27 +176,69 @@ def load_released(folder: Path, vision_tower: str | Path | None, seg_token_id: i
     if clip_folder is None:
         raise CheckpointError("checkpoints that embed CLIP need its config: pass vision_tower=")
     config = released_config(raw, shapes, _clip_vision_config(clip_folder), seg_token_id, conv_template,
-                             tower_name, chosen, str(folder))
+                             tower_name, chosen, where, options)
     model = empty_model(config)
-    sources = [(weight_files(clip_folder), clip_to_ours), (files, released_key_map(chosen))]
+    sources = [(weight_files(clip_folder), clip_to_ours),
+               (files, released_key_map(chosen), lambda shard: chosen.unwrap_state(shard, options, where))]
     stream_into(model, sources, dtype_for(dtype), device)
     return model
 
 
-def load_ours(folder: Path, dtype: torch.dtype, device: str, family: str | None = None) -> LisaForSegmentation:
+# What a bare release must hold (released key prefixes): it is the whole model, frozen tensors included.
+_BARE_PARTS = {"model.embed_tokens.": "embeddings", "model.layers.": "LLaMA layers", "lm_head.": "lm_head",
+               "model.mm_projector.": "projector", "model.vision_tower.": "CLIP",
+               "model.visual_model.image_encoder.": "SAM image encoder",
+               "model.visual_model.prompt_encoder.": "SAM prompt encoder",
+               "model.visual_model.mask_decoder.": "SAM mask decoder", "model.text_hidden_fcs.": "[SEG] head"}
+
+
+def load_bare(weights: Path, base: Path, vision_tower: str | Path | None, conv_template: str | None,
+              dtype: torch.dtype, device: str, family: str | None = None, family_options: dict | None = None
+              ) -> tuple[LisaForSegmentation, LisaTokenizer]:
+    """A checkpoint released as one bare state dict (GSVA): the LLaMA config and tokenizer come from `base`, the
+    folder of the base model it was trained from; the family's tokens are added to that tokenizer in the
+    release's order; every weight (CLIP and projector included) comes from `weights`."""
+    raw = read_config(base)
+    stored = tensor_shapes([weights])
+    chosen = family_named(family) if family else detect_family(raw, stored, str(weights))
+    options = {**chosen.config_options(raw, stored), **(family_options or {})}
+    meta = {k: torch.empty(s, device="meta") for k, s in stored.items()}
+    keys = chosen.unwrap_state(meta, options, str(weights))
+    missing = [what for prefix, what in _BARE_PARTS.items() if not any(k.startswith(prefix) for k in keys)]
+    if missing:
+        raise CheckpointError(f"{weights}: not a complete {chosen.name} state dict, nothing for {', '.join(missing)} "
+                              "(a bare release must hold every tensor, frozen ones included)")
+    tokenizer = LisaTokenizer.from_pretrained(base)
+    tokenizer.add_tokens(chosen.task_tokens)
+    rows = keys["model.embed_tokens.weight"].shape[0] if "model.embed_tokens.weight" in keys else None
+    if rows != tokenizer.vocab_size:
+        raise CheckpointError(f"{weights}: {rows} embedding rows, but the tokenizer of {base} with {chosen.name}'s "
+                              f"tokens {list(chosen.task_tokens)} has {tokenizer.vocab_size}: another base model "
+                              "or family?")
+    model = load_released(base, vision_tower, tokenizer.seg_token_id, conv_template or guess_conv_template(
+        weights.name), dtype, device, chosen.name, family_options, raw=chosen.bare_release_config(raw),
+        files=[weights])
+    return model.eval(), tokenizer
+
+
+def load_ours(folder: Path, dtype: torch.dtype, device: str, family: str | None = None,
+              family_options: dict | None = None) -> LisaForSegmentation:
     try:
         config = LisaConfig.from_pretrained(str(folder))
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"{folder / 'config.json'}: not a valid LisaConfig ({e})") from None
     if family:
         config.family = family_named(family).name
+    if family_options:
+        config.family_options = {**(config.family_options or {}), **family_options}
     model = empty_model(config)
     stream_into(model, [(weight_files(folder), lambda k: k)], dtype_for(dtype), device)
     return model
 
 
 def load_model(folder: Path, vision_tower: str | Path | None, seg_token_id: int, conv_template: str | None,
-               dtype: torch.dtype, device: str, name: str = "", family: str | None = None) -> LisaForSegmentation:
+               dtype: torch.dtype, device: str, name: str = "", family: str | None = None,
+               family_options: dict | None = None) -> LisaForSegmentation:
     """Dispatch on config.json: our layout (model_type "lisa", its family in the config) or a released one (the
     family recognised from the config's architectures and the weights' key names, or `family` when given).
 
@@ -190,10 +246,10 @@ def load_model(folder: Path, vision_tower: str | Path | None, seg_token_id: int,
     """
     raw = read_config(folder)
     if raw.get("model_type") == LisaConfig.model_type:
-        model = load_ours(folder, dtype, device, family)
+        model = load_ours(folder, dtype, device, family, family_options)
         if conv_template:
             model.config.conv_template = conv_template
     else:
         model = load_released(folder, vision_tower, seg_token_id, conv_template or guess_conv_template(
-            name or str(folder)), dtype, device, family)
+            name or str(folder)), dtype, device, family, family_options)
     return model.eval()

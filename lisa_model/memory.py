@@ -147,15 +147,31 @@ def check_fits(est: MemoryEstimate, dtype: torch.dtype, quant_bits: int | None, 
 def estimate_checkpoint(folder: Path, vision_tower: str | Path | None = None) -> MemoryEstimate:
     """Estimate for a LISA-style checkpoint folder, our layout (text_config inside) or the released one (LLaMA
     fields at the top level, CLIP in a separate local folder when one is given or named)."""
+    raw = json.loads((folder / "config.json").read_text())
+    tower = vision_tower or raw.get("vision_tower") or raw.get("mm_vision_tower")
+    vision = Path(tower).expanduser() if tower and Path(tower).expanduser().is_dir() else None
+    return estimate(folder, _text_config(raw), vision)
+
+
+def _text_config(raw: dict):
+    """The LLaMA config of a checkpoint's config.json: our layout's text_config, or a released one's top level."""
     from transformers import LlamaConfig
 
-    raw = json.loads((folder / "config.json").read_text())
     if isinstance(raw.get("text_config"), dict):
         text = raw["text_config"]
     else:
         known = LlamaConfig().to_dict()
         text = {k: v for k, v in raw.items() if k in known and k not in ("architectures", "model_type",
                                                                         "torch_dtype", "transformers_version")}
-    tower = vision_tower or raw.get("vision_tower") or raw.get("mm_vision_tower")
-    vision = Path(tower).expanduser() if tower and Path(tower).expanduser().is_dir() else None
-    return estimate(folder, LlamaConfig(**{k: v for k, v in text.items() if k != "model_type"}), vision)
+    return LlamaConfig(**{k: v for k, v in text.items() if k != "model_type"})
+
+
+def estimate_bare(weights: Path, base_folder: Path) -> MemoryEstimate:
+    """A bare state dict (one file, e.g. GSVA's .bin) and the config.json of its base model. Parameters: the
+    safetensors header, else the file size at 2 bytes each (an over-estimate where tensors are float32)."""
+    try:
+        total = _safetensors_params(weights) if weights.suffix == ".safetensors" else weights.stat().st_size // 2
+        raw = json.loads((base_folder / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot size the checkpoint {weights} with base {base_folder}: {e}") from e
+    return MemoryEstimate(total, min(total, language_params(_text_config(raw))))

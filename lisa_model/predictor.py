@@ -17,12 +17,12 @@ import numpy as np
 import torch
 
 from .builtin import builtin_folder
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, bare_weight_file
 from .constants import IMAGE_TOKEN_INDEX
 from .conversation import build_prompt_with_span
 from .generation import greedy_generate
 from .interruption import InferenceInterrupted, StopCheck, interrupt_points, stoppable
-from .loading import cast_parameters, load_model, parse_dtype, resolve_folder
+from .loading import cast_parameters, load_bare, load_model, parse_dtype, resolve_folder
 from .modeling.lisa import LisaForSegmentation
 from .preprocessing import ClipPreprocessor, SamPreprocessor, check_image
 from .tokenization import LisaTokenizer
@@ -66,6 +66,7 @@ class LisaSegmenter:
                  clip_preprocessor: ClipPreprocessor | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
+        model.family.bind(model.config, tokenizer)  # the family's spacing and token ids
         self.clip_preprocessor = clip_preprocessor or ClipPreprocessor(size=model.config.vision_config.image_size,
                                                                        crop=model.config.vision_config.image_size)
         self.sam_preprocessor = SamPreprocessor(model.sam.image_encoder.img_size)
@@ -81,13 +82,19 @@ class LisaSegmenter:
     def from_pretrained(cls, path_or_id: str | Path, vision_tower: str | Path | None = None, device: str = "cpu",
                         dtype: str | torch.dtype = "float32", conv_template: str | None = None,
                         load_in_8bit: bool = False, load_in_4bit: bool = False, check_memory: bool = True,
-                        memory_limit_bytes: int | None = None, family: str | None = None) -> "LisaSegmenter":
+                        memory_limit_bytes: int | None = None, family: str | None = None,
+                        base_model: str | Path | None = None, family_options: dict | None = None
+                        ) -> "LisaSegmenter":
         """Load a released checkpoint of any family (LISA, LISA++, READ, UGround, GSVA, GLaMM: see
         `lisa_model.families`), one saved by `save_pretrained`, a built-in one by name ("lisa-demo", see
         builtin.py), or "tiny-random" (offline, random weights: its masks are meaningless).
 
         family: the model family, recognised from the checkpoint when None (config + weight names); naming one
         overrides that (and picks the family of "tiny-random").
+        base_model: for checkpoints released as a bare state dict (one weights file, no config.json, e.g. GSVA's
+        .bin - `path_or_id` is that file or its folder), the folder (or hub id) of the base model they were
+        trained from: its config.json and tokenizer are used.
+        family_options: settings of the family that the release does not record (e.g. GSVA's {"lora_alpha": 16}).
 
         check_memory: before reading any weight, estimate what the dtype / quantisation needs and raise
         InsufficientMemoryError when it exceeds `memory_limit_bytes` (default: free RAM, or free VRAM on CUDA)."""
@@ -106,16 +113,27 @@ class LisaSegmenter:
             if conv_template:
                 seg.model.config.conv_template = conv_template
             return seg
-        folder = builtin_folder(path_or_id) or resolve_folder(path_or_id, "model")
+        folder = builtin_folder(path_or_id)
+        bare = None if folder else bare_weight_file(Path(path_or_id).expanduser())
+        if bare is not None and base_model is None:
+            raise CheckpointError(f"{path_or_id}: a bare state dict without config.json; pass base_model= the "
+                                  "folder of the base model it was trained from (its config.json and tokenizer; "
+                                  "GSVA: the LLaVA folder given as --mllm_model_path)")
+        base = resolve_folder(base_model, "base model") if bare is not None else None
+        folder = bare.parent if bare is not None else folder or resolve_folder(path_or_id, "model")
         if check_memory:
-            from .memory import check_fits, estimate_checkpoint
+            from .memory import check_fits, estimate_bare, estimate_checkpoint
 
             bits = 8 if load_in_8bit else 4 if load_in_4bit else None
-            check_fits(estimate_checkpoint(folder, vision_tower), torch_dtype, bits, device, str(path_or_id),
-                       memory_limit_bytes)
-        tokenizer = LisaTokenizer.from_pretrained(folder)
-        model = load_model(folder, vision_tower, tokenizer.seg_token_id, conv_template, torch_dtype, device,
-                           name=str(path_or_id), family=family)
+            est = estimate_bare(bare, base) if bare is not None else estimate_checkpoint(folder, vision_tower)
+            check_fits(est, torch_dtype, bits, device, str(path_or_id), memory_limit_bytes)
+        if bare is not None:
+            model, tokenizer = load_bare(bare, base, vision_tower, conv_template, torch_dtype, device, family,
+                                         family_options)
+        else:
+            tokenizer = LisaTokenizer.from_pretrained(folder)
+            model = load_model(folder, vision_tower, tokenizer.seg_token_id, conv_template, torch_dtype, device,
+                               name=str(path_or_id), family=family, family_options=family_options)
         if model.config.seg_token_id != tokenizer.seg_token_id:
             raise CheckpointError(f"{folder}: config seg_token_id {model.config.seg_token_id} != tokenizer's "
                                   f"[SEG] id {tokenizer.seg_token_id}")
@@ -303,7 +321,13 @@ class LisaSegmenter:
         timings["decode_total"] = float(np.sum(gen.step_times))
         t1 = time.perf_counter()
         h, w = feats.original_size
-        seg_states, notes = gen.seg_states, []
+        try:  # the family may recompute the states (GSVA: a second pass with [REJ] read as [SEG])
+            seg_states = model.family.answer_mask_states(model, torch.tensor([input_ids + gen.ids], device=self.device),
+                                                         feats.clip_tokens, gen.seg_states)
+        except InferenceInterrupted as e:
+            e.output_ids, e.stage = list(gen.ids), "decoding_masks"
+            raise
+        notes: list[str] = []
         parts = model.family.read_answer(gen.ids, self.tokenizer)
         labels = [""] * (len(seg_states) - len(parts.labels)) + parts.labels  # [SEG]s of the prompt come first
         if max_masks is not None and len(seg_states) > max_masks:

@@ -9,6 +9,9 @@ model fed other ids answers differently, so we reproduce the old behaviour here:
   sides); next to <s>, </s>, <unk> it is kept (they were AddedTokens with lstrip=rstrip=False);
 - every remaining chunk is encoded by sentencepiece on its own, so each one gets the "▁" dummy prefix;
 - bos is prepended; "<image>" is not a token: the prompt is split on it and IMAGE_TOKEN_INDEX goes in between.
+
+`keep_whitespace = True` gives transformers 4.44's slow tokenizer instead (families trained with it, e.g. GSVA):
+no whitespace is stripped next to any added or special token, and decoding follows 4.44's rules.
 """
 from __future__ import annotations
 
@@ -65,6 +68,7 @@ class LisaTokenizer:
         except Exception as e:  # noqa: BLE001 - sentencepiece raises RuntimeError/OSError depending on version
             raise TokenizerError(f"{source}: not a sentencepiece model ({e})") from e
         self.model_max_length = model_max_length
+        self.keep_whitespace = False  # True: transformers 4.44's spacing (set by the model's family)
         self._special_entries = dict(special_tokens or {})
         self._specials: dict[str, str] = {}  # "bos_token" -> "<s>" ...
         # (lstrip, rstrip) per no-split token: lstrip eats whitespace on its left, rstrip on its right
@@ -225,7 +229,7 @@ class LisaTokenizer:
         chunks = self._split(text, literal)
         # chunks alternate text (even index) and no-split tokens (odd index), as re.split with a group does
         for i in range(1, len(chunks), 2):
-            lstrip, rstrip = self._strip[chunks[i]]
+            lstrip, rstrip = (False, False) if self.keep_whitespace else self._strip[chunks[i]]
             if lstrip:
                 chunks[i - 1] = chunks[i - 1].rstrip()
             if rstrip:
@@ -291,7 +295,9 @@ class LisaTokenizer:
                 continue
             if i in self._added_by_id:
                 if run:
-                    parts.append(self._decode_run(run))
+                    text = self._decode_run(run)
+                    if text or not self.keep_whitespace:  # 4.44 drops an empty text before an added token
+                        parts.append(text)
                     run = []
                 parts.append(self._added_by_id[i])
             else:
@@ -304,6 +310,8 @@ class LisaTokenizer:
     def _decode_run(self, run: list[int]) -> str:
         """LlamaTokenizer.convert_tokens_to_string (4.31, legacy): <s>, </s>, <unk> are written literally; one
         that follows ordinary pieces (not at the start) puts a space in front of the text decoded before it."""
+        if self.keep_whitespace:
+            return self._decode_run_kept(run)
         specials = {self.bos_token_id, self.eos_token_id, self.unk_token_id}
         out, pending, prev_special = "", [], False
         for k, i in enumerate(run):
@@ -316,6 +324,25 @@ class LisaTokenizer:
                 pending.append(i)
                 prev_special = False
         return out + self._sp.decode(pending)
+
+    def _decode_run_kept(self, run: list[int]) -> str:
+        """transformers 4.44's LlamaTokenizer.convert_tokens_to_string (legacy, add_prefix_space): the first
+        piece loses its "▁" by hand (a lone "▁" decodes to nothing); <s>, </s>, <unk> are written literally, with a
+        space before one that follows text and after a leading one that is followed by a piece without "▁"."""
+        pieces = [self._sp.id_to_piece(i) for i in run]
+        pieces[0] = pieces[0].removeprefix("▁")
+        specials = set(self._specials.values())
+        out, pending, prev_special = "", [], False
+        for k, piece in enumerate(pieces):
+            if piece in specials:
+                out += ("" if prev_special or k == 0 else " ") + self._sp.decode_pieces(pending) + piece
+                pending, prev_special = [], True
+                continue
+            if prev_special and k == 1 and not piece.startswith("▁"):
+                out += " "
+            pending.append(piece)
+            prev_special = False
+        return out + self._sp.decode_pieces(pending)
 
     # ----- training ---------------------------------------------------------------------------------------------
     def tokenize_conversation(self, conversation: str, template: TemplateLike = "llava_v1"

@@ -127,7 +127,7 @@ class LisaNode(LifecycleNode):
                 conv_template=s.conv_template or None, load_in_8bit=s.load_in_8bit, load_in_4bit=s.load_in_4bit,
                 check_memory=s.memory_limit_mb >= 0,
                 memory_limit_bytes=s.memory_limit_mb * 2**20 if s.memory_limit_mb > 0 else None,
-                family=s.family or None)
+                family=s.family or None, base_model=s.base_model or None)
             loaded = time.perf_counter() - t0
             self.status.warmup_s = segmenter.warm_up() if s.warmup else 0.0
         except Exception as e:  # noqa: BLE001 - a bad checkpoint must not kill the node

@@ -28,6 +28,8 @@ PARAMETERS: dict[str, Param] = {
                         "checkpoint", optional=True),
     "vision_tower": Param("", "CLIP vision tower folder or hub id; none = the one named by the checkpoint",
                           optional=True),
+    "base_model": Param("", "base model folder of a checkpoint released as a bare state dict (GSVA's .bin: the "
+                            "LLaVA it was trained from); none = not such a checkpoint", optional=True),
     "device": Param("cpu", "torch device: cpu, cuda, cuda:1, ..."),
     "dtype": Param("float32", "float32, bfloat16 or float16 (SAM's mask decoder always runs in float32)"),
     "load_in_8bit": Param(False, "quantise the language model to 8 bit (bitsandbytes, CUDA only)"),
@@ -93,6 +95,7 @@ class NodeSettings:
     model: str
     family: str
     vision_tower: str
+    base_model: str
     device: str
     dtype: str
     load_in_8bit: bool

@@ -17,6 +17,7 @@ class TrainConfig:
     family: str | None = None  # model family (lisa_model.families); None: read from the checkpoint (tiny-random: lisa)
     # the family's training options (Family.configure_training), e.g. UGround {mode: 1|2|3, baseline_type: ema|critic}
     family_options: dict = field(default_factory=dict)
+    base_model: str | None = None  # base model folder of a bare-state-dict release (GSVA's .bin)
     conv_template: str | None = None
     dtype: str = "bfloat16"  # mixed precision where supported ("float32" on CPU-only runs)
     gradient_checkpointing: bool = True

@@ -70,7 +70,7 @@ def build_segmenter(cfg: TrainConfig) -> LisaSegmenter:
         return build_tiny_segmenter(seed=cfg.seed, config_fn=partial(tiny_config, **kwargs),
                                     family=cfg.family or "lisa")
     return LisaSegmenter.from_pretrained(cfg.model, vision_tower=cfg.vision_tower, conv_template=cfg.conv_template,
-                                         dtype="float32", family=cfg.family)
+                                         dtype="float32", family=cfg.family, base_model=cfg.base_model)
 
 
 class Trainer:

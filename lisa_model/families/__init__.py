@@ -11,12 +11,13 @@ from typing import Iterable, Mapping
 from ..checkpoint import CheckpointError
 from .base import AnswerParts, Family, FamilyLosses, ImageGeometry, LayerChoice, MaskPrompts
 from .glamm import GLAMM
+from .gsva import GSVA
 from .lisa import LISA
 from .read import READ
 from .uground import UGROUND
 
 # Detection order: the more specific families first, LISA (the base) last.
-FAMILIES: dict[str, Family] = {f.name: f for f in (GLAMM, UGROUND, READ, LISA)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (GSVA, GLAMM, UGROUND, READ, LISA)}
 
 
 def family_named(name: str) -> Family:

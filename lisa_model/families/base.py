@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import torch
 
-from ..constants import IMAGE_TOKEN
+from ..checkpoint import CheckpointError
+from ..constants import IM_END, IM_START, IMAGE_TOKEN, SEG_TOKEN
 
 if TYPE_CHECKING:  # imported for annotations only: the model imports this module
     from ..modeling.lisa import LisaForSegmentation
@@ -95,6 +96,14 @@ class Family:
     needs_image_states = False
     # what opens the first question, the image included (LISA: the image alone on the first line)
     image_prefix = IMAGE_TOKEN + "\n"
+    # tokenizer spacing: False = transformers 4.31's slow LlamaTokenizer (whitespace next to an added token is
+    # stripped), True = 4.44's (kept); see LisaTokenizer.keep_whitespace
+    keeps_whitespace = False
+
+    @property
+    def task_tokens(self) -> tuple[str, ...]:
+        """Every token the family adds to its base LLaMA tokenizer, in the release's order (ids follow it)."""
+        return (SEG_TOKEN, *self.extra_tokens, IM_START, IM_END)
 
     def matches(self, raw_config: Mapping, keys: Iterable[str]) -> bool:
         """True when a released checkpoint (its config.json and weight key names) is of this family."""
@@ -103,6 +112,39 @@ class Family:
     def config_options(self, raw_config: Mapping, keys: Iterable[str]) -> dict:
         """What the family keeps in `LisaConfig.family_options`, read from a released config."""
         return {}
+
+    def bare_release_config(self, raw: Mapping) -> dict:
+        """The config.json of the base model a bare-state-dict release was trained from, completed with what the
+        family's training set beyond it (read as a released config.json from then on)."""
+        return dict(raw)
+
+    def unwrap_state(self, state: dict[str, torch.Tensor], options: Mapping, where: str = "checkpoint"
+                     ) -> dict[str, torch.Tensor]:
+        """A released shard (or meta tensors of its shapes) in LISA's released key names: wrappers removed,
+        adapters merged. options: the config's family_options. LISA: already so."""
+        return state
+
+    def bind(self, config, tokenizer) -> None:
+        """Make a model's config and its tokenizer agree: the tokenizer takes the family's spacing, and the ids of
+        `extra_tokens` go to `config.family_options["token_ids"]`, where the family's hooks read them."""
+        tokenizer.keep_whitespace = self.keeps_whitespace
+        if not self.extra_tokens:
+            return
+        missing = [t for t in self.extra_tokens if t not in tokenizer.added_tokens]
+        if missing:
+            raise CheckpointError(f"{self.name}: the tokenizer has no {missing} token(s); the family needs "
+                                  f"{list(self.task_tokens)}")
+        ids = {t: tokenizer.added_tokens[t] for t in self.extra_tokens}
+        config.family_options = {**(config.family_options or {}), "token_ids": ids}
+
+    @staticmethod
+    def token_id(config, token: str) -> int:
+        """The id of an extra token, as `bind` recorded it in the config."""
+        try:
+            return int(config.family_options["token_ids"][token])
+        except (KeyError, TypeError):
+            raise CheckpointError(f"the model's config records no id for {token} (family_options "
+                                  f"{config.family_options}); build the model through LisaSegmenter") from None
 
     def rename(self, key: str) -> str | None | bool:
         """The family's own renaming of a released key: a name, None (drop), or False (not the family's key)."""
@@ -130,6 +172,19 @@ class Family:
         states that predicted each [SEG]), seg_embeddings [n, 256], image_states [P, H] (last-layer states of
         the image tokens, when `needs_image_states`)."""
         return MaskPrompts()
+
+    def answer_mask_states(self, model: "LisaForSegmentation", input_ids: torch.Tensor, image_tokens: torch.Tensor,
+                           states: torch.Tensor) -> torch.Tensor:
+        """[n, H] states that decode the masks of an answered prompt. input_ids [1, L]: prompt + answer (one
+        image placeholder); image_tokens [1, P, H]; states [n, H]: those collected while generating, one per
+        [SEG] (the prompt's first). LISA: those."""
+        return states
+
+    def loss_masks(self, model: "LisaForSegmentation", seg_logits: torch.Tensor, input_ids: torch.Tensor,
+                   gt_masks: torch.Tensor) -> torch.Tensor:
+        """What the mask losses compare with one image's targets gt_masks [n, h, w]: seg_logits [k, h, w] are
+        the masks of the [SEG] tokens in its conversations input_ids [R, L]. LISA: one target per [SEG]."""
+        return seg_logits
 
     def first_question(self, question: str) -> str:
         """A conversation's first user turn, written LISA's way ("<image>\\n" + question), in the family's words

@@ -251,7 +251,8 @@ class LisaForSegmentation(LlavaForConditionalGeneration):
             masks, image_prompts = self.masks_with_prompts(
                 sam_states, image_embeddings[i:i + 1], resize_list[i], tuple(gt_masks[i].shape[-2:]), image_states,
                 prompt_states=prompt_states)
-            pred_masks.append(masks)
+            # the family pairs them with the targets (GSVA: a [REJ] target gets all-zero logits)
+            pred_masks.append(self.family.loss_masks(self, masks, input_ids[offset[i]:offset[i + 1]], gt_masks[i]))
             prompts.append(image_prompts)
         extra = self.family.training_losses(self, prompts, gt_masks, choice)
         losses = mask_losses(pred_masks, gt_masks, bce_weight=bce_weight, dice_weight=dice_weight,

@@ -4,6 +4,7 @@
     data_root/sem_seg/ade20k/{images,annotations}/training + ade20k_classes.json
     data_root/sem_seg/cocostuff/train2017/*.png + cocostuff_classes.txt, images in data_root/coco/train2017
     data_root/refer_seg/{refcoco,refcoco+,refcocog,refclef}/ + images/{mscoco/images/train2014,saiapr_tc-12}
+    data_root/refer_seg/grefcoco/grefs(unc).json + instances.json (answers with [REJ]: GSVA's family only)
     data_root/vqa/llava_instruct_150k.json, images in data_root/coco/train2017
     data_root/robot/**/  frames (*.jpg) with ReasonSeg JSONs beside them (e.g. a ScanNet-style scene's color/)
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from .grefcoco import GRefCocoDataset
 from .reason_seg import ReasonSegDataset
 from .sample import merge_skipped
 from .refer_seg import ReferSegDataset
@@ -48,8 +50,11 @@ def build(name: str, folder: Path):
     if name == "refer_seg":
         images = {"refclef": folder / "images" / "saiapr_tc-12"}
         coco = folder / "images" / "mscoco" / "images" / "train2014"
-        return Union([ReferSegDataset(folder, d, images.get(d, coco))
-                      for d in ("refclef", "refcoco", "refcoco+", "refcocog") if (folder / d).is_dir()])
+        parts = [ReferSegDataset(folder, d, images.get(d, coco))
+                 for d in ("refclef", "refcoco", "refcoco+", "refcocog") if (folder / d).is_dir()]
+        if (folder / "grefcoco").is_dir():
+            parts.append(GRefCocoDataset(folder / "grefcoco", coco))
+        return Union(parts)
     if name == "vqa":
         return VqaDataset(folder / "llava_instruct_150k.json", root / "coco" / "train2017")
     if name == "robot":

@@ -28,3 +28,21 @@ ANSWERS = [
 NO_TARGET_ANSWERS = [
     "Sorry, I cannot find it in this image.",
 ]
+
+# Several targets in one question, each answered by a slot (GSVA's data, constants.py MODE4): "{names}" is the
+# comma-joined, lower-cased expressions; an answer is START + " " + ", ".join(TEMPLATE per target) + ".", one
+# (START, TEMPLATE) pair per sample, with "{slot}" = "[SEG]", or "[REJ]" for a target that is not in the image.
+MULTI_TARGET_QUESTIONS = [
+    IMAGE_TOKEN + "\n" + "Can you segment {names} in this image?",
+    IMAGE_TOKEN + "\n" + "Please segment {names} in this image.",
+    IMAGE_TOKEN + "\n" + "What are {names} in this image? Please respond with segmentation masks.",
+    IMAGE_TOKEN + "\n" + "What are {names} in this image? Please output segmentation masks.",
+]
+MULTI_TARGET_ANSWERS = [
+    ("The segmentation results are", "{name} {slot}"),
+    ("Sure, they are", "{name}:{slot}"),
+    ("Sure,", "the mask of {name} is {slot}"),
+    ("Sure,", "the segmentation of {name} is {slot}"),
+    ("Sure,", "the referred {name} is {slot}"),
+]
+REJ_TOKEN = "[REJ]"
