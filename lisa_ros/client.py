@@ -137,7 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         summary = {"instruction": args.instruction, "success": res.success, "message": res.message,
                    "text": res.text, "mask_areas": list(res.mask_areas), "mask_scores": list(res.mask_scores),
                    "targets": [target_summary(t) for t in res.targets], "inference_time_s": res.inference_time,
-                   "generated_tokens": res.generated_tokens, "image_encoding_time_s": res.image_encoding_time}
+                   "generated_tokens": res.generated_tokens, "image_encoding_time_s": res.image_encoding_time,
+                   "mask_labels": list(res.mask_labels), "rejected": res.rejected,
+                   "rejected_labels": list(res.rejected_labels), "model_family": res.model_family,
+                   "model_checkpoint": res.model_checkpoint}
         for i, m in enumerate(res.masks):
             cv2.imwrite(str(out / f"mask_{i}.png"), image_to_rgb(m)[..., 0])
         overlay = client.overlay_for(res.masks[0].header.stamp if len(res.masks) else None) if res.success \
@@ -156,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         client.destroy_node()
         rclpy.try_shutdown()
     print(f"answer: {res.text}" if res.success else f"failed: {res.message}")
+    if res.success and res.rejected:
+        print(f"not in the image: {len(res.rejected_labels)} target(s) "
+              + ", ".join(f"'{label}'" for label in res.rejected_labels if label))
     if res.success:
         print(f"masks: {len(res.masks)} areas {list(res.mask_areas)}; 3D: "
               + ", ".join(f"({t.centroid.x:.2f}, {t.centroid.y:.2f}, {t.centroid.z:.2f}) m" for t in res.targets

@@ -20,7 +20,8 @@ import numpy as np
 
 from lisa_ros.geometry import CameraIntrinsics
 
-from .synthetic import ROOM_MAX, ROOM_MIN, SCANNET_COLOR, SCANNET_DEPTH, as_4x4, look_at, slab_hits, write_matrix
+from .synthetic import (ROOM_MAX, ROOM_MIN, SCANNET_COLOR, SCANNET_DEPTH, as_4x4, look_at, slab_hits, visible_truth,
+                        write_matrix)
 
 ROOM_COLOURS = {"floor": (150, 120, 90), "ceiling": (235, 235, 230), "wall": (210, 205, 190)}
 
@@ -237,20 +238,12 @@ def sample_layout(rng: np.random.Generator, kinds: list[str], num_frames: int = 
 
 def frame_truth(ids: np.ndarray, points_world: np.ndarray, world_to_camera: np.ndarray,
                 objects: list[HouseholdObject]) -> list[dict]:
-    """Per visible object: id, kind, pixel count, 2D box and the mean of its visible surface points (world and
-    camera frame) - what a depth back-projection of a perfect mask should find."""
-    out = []
-    for i, obj in enumerate(objects):
-        sel = ids == i + 1
-        if not sel.any():
-            continue
-        rows, cols = np.nonzero(sel)
-        world = points_world[sel].mean(axis=0)
-        camera = world_to_camera[:3, :3] @ world + world_to_camera[:3, 3]
-        out.append({"id": i + 1, "kind": obj.kind, "colour": KINDS[obj.kind][0], "pixel_count": int(sel.sum()),
-                    "bbox_2d": [int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max())],
-                    "visible_centroid_world": world.round(6).tolist(),
-                    "visible_centroid_camera": camera.round(6).tolist()})
+    """Per visible object: the synthetic scene's truth (id, pixel count, 2D box, visible-surface centroid) and what
+    the object is (kind, colour)."""
+    out = visible_truth(ids, points_world, world_to_camera, len(objects))
+    for entry in out:
+        kind = objects[entry["id"] - 1].kind
+        entry.update(kind=kind, colour=KINDS[kind][0])
     return out
 
 

@@ -142,19 +142,26 @@ def as_4x4(k: CameraIntrinsics) -> np.ndarray:
     return m
 
 
-def _frame_truth(index: int, ids: np.ndarray, points_world: np.ndarray, world_to_camera: np.ndarray, boxes):
-    objects = []
-    for i, _ in enumerate(boxes):
-        sel = ids == i + 1
+def visible_truth(ids: np.ndarray, points_world: np.ndarray, world_to_camera: np.ndarray, count: int) -> list[dict]:
+    """Per visible object of instance ids 1..count: its id, pixel count, 2D box and the mean of its visible surface
+    points (world and camera frame) - what a depth back-projection of a perfect mask should find."""
+    out = []
+    for i in range(1, count + 1):
+        sel = ids == i
         if not sel.any():
             continue
         rows, cols = np.nonzero(sel)
         world = points_world[sel].mean(axis=0)
         camera = world_to_camera[:3, :3] @ world + world_to_camera[:3, 3]
-        objects.append({"id": i + 1, "pixel_count": int(sel.sum()),
-                        "bbox_2d": [int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max())],
-                        "visible_centroid_world": world.round(6).tolist(),
-                        "visible_centroid_camera": camera.round(6).tolist()})
+        out.append({"id": i, "pixel_count": int(sel.sum()),
+                    "bbox_2d": [int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max())],
+                    "visible_centroid_world": world.round(6).tolist(),
+                    "visible_centroid_camera": camera.round(6).tolist()})
+    return out
+
+
+def _frame_truth(index: int, ids: np.ndarray, points_world: np.ndarray, world_to_camera: np.ndarray, boxes):
+    objects = visible_truth(ids, points_world, world_to_camera, len(boxes))
     return {"index": index, "color": f"color/{index}.jpg", "depth": f"depth/{index}.png",
             "instance": f"instance/{index}.png", "pose": f"pose/{index}.txt", "objects": objects}
 
