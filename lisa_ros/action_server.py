@@ -51,7 +51,11 @@ class FeedbackPublisher:
             fb.text = segmenter.plain_text(segmenter.decode(ids)[0])
             if self._generation_start is not None and now > self._generation_start:
                 fb.tokens_per_second = len(ids) / (now - self._generation_start)
-        self.goal_handle.publish_feedback(fb)
+        try:
+            self.goal_handle.publish_feedback(fb)
+        except Exception:  # noqa: BLE001 - the node is shutting down under us (SIGINT): nobody listens any more
+            if self.node.context.ok():
+                raise
 
 
 class ReasonSegmentActionServer:
@@ -67,11 +71,12 @@ class ReasonSegmentActionServer:
         answer = self.node.run(self.node.request_from(goal_handle.request),
                                cancelled=lambda: "cancelled by the client" if goal_handle.is_cancel_requested
                                else None, progress=feedback)
-        feedback.flush()
         result = ReasonSegment.Result()
         answer.fill_response(result)
         if not self.node.context.ok():  # SIGINT / SIGTERM: nobody is left to tell the goal's status to
             return result
+        if goal_handle.is_active:
+            feedback.flush()
         if goal_handle.is_cancel_requested:
             goal_handle.canceled()
         elif answer.success:

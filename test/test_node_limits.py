@@ -153,7 +153,7 @@ def test_deactivate_during_a_long_answer(peer, node, action):
     t0 = time.monotonic()
     try:
         assert change_state(peer, Transition.TRANSITION_DEACTIVATE)
-        assert time.monotonic() - t0 < 3.0 and state_of(peer) == "inactive"
+        assert time.monotonic() - t0 < 10.0 and state_of(peer) == "inactive"  # the bound (measured ~1 s)
         res = result_of(peer, handle, 10).result
         assert not res.success and "node deactivating" in res.message and res.generated_tokens < LONG
     finally:
@@ -222,7 +222,8 @@ def test_signal_during_a_long_answer_stops_the_process(talker_folder, tmp_path, 
         t0 = time.monotonic()
         proc.proc.send_signal(sig)
         proc.proc.wait(timeout=20)
-        assert time.monotonic() - t0 < 5.0 and proc.proc.returncode == 0, proc.log()[-2000:]
+        # the bound: 10 s (measured 1.5 s on a quiet machine, 5.6 s beside a CPU-bound training run)
+        assert time.monotonic() - t0 < 10.0 and proc.proc.returncode == 0, proc.log()[-2000:]
     finally:
         proc.stop()
         peer.close()
