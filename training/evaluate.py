@@ -146,9 +146,12 @@ def load_items(data: str | Path, limit: int | None = None) -> list[EvalItem]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="lisa-eval", description="gIoU / cIoU of a LISA checkpoint.")
+    p = argparse.ArgumentParser(prog="lisa-eval", description="gIoU / cIoU of a checkpoint of any model family.")
     p.add_argument("--model", required=True)
     p.add_argument("--vision-tower")
+    p.add_argument("--family", help="model family override (lisa, read, uground, gsva, glamm); default: recognised "
+                                    "from the checkpoint")
+    p.add_argument("--base-model", help="base model folder of a bare state-dict release (GSVA)")
     p.add_argument("--data", required=True, help="ReasonSeg-format split folder")
     p.add_argument("--protocol", default="both", choices=[*PROTOCOLS, "both"])
     p.add_argument("--limit", type=int)
@@ -156,11 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--out", default="eval_report")
     a = p.parse_args(argv)
-    seg = LisaSegmenter.from_pretrained(a.model, vision_tower=a.vision_tower, device=a.device, dtype=a.dtype)
+    seg = LisaSegmenter.from_pretrained(a.model, vision_tower=a.vision_tower, device=a.device, dtype=a.dtype,
+                                        family=a.family, base_model=a.base_model)
     items = load_items(a.data, a.limit)
     protocols = PROTOCOLS if a.protocol == "both" else (a.protocol,)
     results = {pr: evaluate_samples(seg, items, pr, keep_predictions=True, progress=True) for pr in protocols}
-    write_report(Path(a.out), results, {"model": a.model, "data": str(a.data), "n": len(items)})
+    write_report(Path(a.out), results, {"model": a.model, "family": seg.model.family.name, "data": str(a.data),
+                                        "n": len(items)})
     print((Path(a.out) / "report.md").read_text())
     return 0
 
