@@ -51,7 +51,7 @@ class OneShotClient(Node):
         self.overlays: list[Image] = []
         self.create_subscription(Image, f"{node}/overlay", self.overlays.append, 10)
 
-    def ask(self, instruction: str, timeout: float, max_new_tokens: int, explain: bool):
+    def ask(self, instruction: str, timeout: float, max_new_tokens: int, explain: bool, wait_for_3d: bool = False):
         ready = (self.action.wait_for_server(timeout_sec=timeout) if self.action is not None
                  else self.client.wait_for_service(timeout_sec=timeout))
         if not ready:
@@ -63,7 +63,10 @@ class OneShotClient(Node):
             res = self._ask_action(ReasonSegmentAction.Goal(**fields), deadline) if self.action is not None \
                 else self._call(ReasonSegment.Request(**fields), deadline)
             # A camera that started together with the node may not have delivered its first frame yet: ask again.
-            if res.success or not res.message.startswith("no frame received yet") or time.monotonic() > deadline:
+            # With wait_for_3d, also while masks come without 3D: a depth stream can start after the colour one.
+            waiting = res.message.startswith("no frame received yet") or (
+                wait_for_3d and res.success and len(res.masks) and not any(t.valid for t in res.targets))
+            if not waiting or time.monotonic() > deadline:
                 return res
             rclpy.spin_once(self, timeout_sec=0.5)
 
@@ -126,12 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=0)
     p.add_argument("--explain", action="store_true")
     p.add_argument("--action", action="store_true", help="use the action: live progress, Ctrl-C cancels")
+    p.add_argument("--wait-for-3d", action="store_true", help="ask again (until --timeout) while the answer's masks "
+                                                              "have no 3D target yet (depth not streaming yet)")
     args = p.parse_args(argv)
     # Ctrl-C must reach us as KeyboardInterrupt, with the context still up, so that the goal can be cancelled.
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     client = OneShotClient(args.node, args.action)
     try:
-        res = client.ask(args.instruction, args.timeout, args.max_new_tokens, args.explain)
+        res = client.ask(args.instruction, args.timeout, args.max_new_tokens, args.explain, args.wait_for_3d)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         summary = {"instruction": args.instruction, "success": res.success, "message": res.message,
