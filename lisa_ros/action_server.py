@@ -37,10 +37,15 @@ class FeedbackPublisher:
         self._publish(stage, ids, now)
 
     def flush(self) -> None:
-        """Publish what the throttle kept back: a fast answer's final token count and rate."""
-        if self._held is not None:
-            self._publish(*self._held)
-            self._held = None
+        """Publish what the throttle kept back: a fast answer's final token count and rate. Best effort: a goal
+        that ends because the node deactivates or stops may have no feedback channel left, and its result matters
+        more than a last progress line."""
+        held, self._held = self._held, None
+        if held is not None:
+            try:
+                self._publish(*held)
+            except Exception as e:  # noqa: BLE001
+                self.node.get_logger().debug(f"last feedback not sent: {e}")
 
     def _publish(self, stage: str, ids: list[int], now: float) -> None:
         fb = ReasonSegment.Feedback(stage=stage, generated_tokens=len(ids), elapsed=now - self.started)
