@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 
 from .frames import stamp_seconds
 
@@ -23,7 +24,7 @@ class NodeStatus:
         self.last_inference_s = 0.0
         self.warmup_s = 0.0  # the last activation's warm-up
         self.last_error = ""  # why the last configure / activate failed (empty once the model is loaded)
-        self._rate_window: tuple[float, int] | None = None  # (monotonic time, frames received) at the last report
+        self._samples: deque[tuple[float, int]] = deque()  # (monotonic time, frames received) at recent reports
 
     def count(self, success: bool, inference_s: float) -> None:
         with self._lock:
@@ -33,14 +34,17 @@ class NodeStatus:
             else:
                 self.failed += 1
 
+    RATE_WINDOW_S = 5.0  # like `ros2 topic hz`'s window: DDS and the executor hand frames over in bursts
+
     def frame_rate(self, received: int) -> float:
-        """Colour frames per second since the previous call (0.0 on the first call)."""
+        """Colour frames per second over the last RATE_WINDOW_S seconds of reports (0.0 on the first call)."""
         now = time.monotonic()
         with self._lock:
-            previous, self._rate_window = self._rate_window, (now, received)
-        if previous is None or now <= previous[0]:
-            return 0.0
-        return (received - previous[1]) / (now - previous[0])
+            self._samples.append((now, received))
+            while len(self._samples) > 2 and now - self._samples[1][0] >= self.RATE_WINDOW_S:
+                self._samples.popleft()  # the oldest sample kept is the newest one at least a window old
+            start, first = self._samples[0]
+        return (received - first) / (now - start) if now > start else 0.0
 
 
 def build_diagnostics(node, status: NodeStatus, stale_after: float):

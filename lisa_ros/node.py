@@ -18,7 +18,7 @@ import time
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -29,6 +29,7 @@ from lisa_ros.srv import ReasonSegment
 from .action_server import ReasonSegmentActionServer
 from .answering import WAITING, Answer, Request, answer_request
 from .diagnostics import NodeStatus, build_diagnostics
+from .executor import QueueAwareExecutor
 from .frames import FrameStore
 from .outputs import OutputPublishers
 from .parameters import NodeSettings, declare_all, default_settings, read_all
@@ -296,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         node = LisaNode()
         # Threads: intake + the running and every queued request (service or action) + a refused one + continuous
         # mode + prefetch + lifecycle/parameter services.
-        executor = MultiThreadedExecutor(num_threads=node.settings.queue_size + 6)
+        executor = QueueAwareExecutor(num_threads=node.settings.queue_size + 6)
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

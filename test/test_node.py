@@ -18,6 +18,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
 from lisa_model import LisaSegmenter
+from lisa_ros.diagnostics import NodeStatus
 from lisa_ros.image_conversion import image_to_numpy
 from lisa_ros.msg import SegmentationResult
 from lisa_ros.srv import ReasonSegment
@@ -163,6 +164,9 @@ def test_frames_and_services_keep_flowing_during_inference(peer):
     def long_answer():  # ~1500 tokens: seconds of CPU inference
         long_call["res"] = ask(worker_peer, "the mug", first, max_new_tokens=1500, timeout=600)
 
+    # Discovery first (a loaded machine takes seconds to match a new client): the calls during inference time the node.
+    peer.call(GetState, "/lisa_node/get_state", GetState.Request(), timeout=30)
+    peer.call(ListParameters, "/lisa_node/list_parameters", ListParameters.Request(), timeout=30)
     t = threading.Thread(target=long_answer)
     t.start()
     time.sleep(1.0)
@@ -199,24 +203,31 @@ def test_diagnostics_report_frame_age_staleness_and_failures(peer):
     rgb, frame = solid_image(48, 64)
     values = lambda d: {kv.key: kv.value for kv in d.status[0].values}  # noqa: E731
 
+    published = []  # when we published each frame
+
     def stream_until(condition, timeout: float) -> bool:
         """Publish frames stamped with the wall clock at ~10 Hz until `condition()` (or the timeout)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not condition():
             frame.header.stamp = peer.node.get_clock().now().to_msg()
             pub.publish(frame)
+            published.append(time.monotonic())
             peer.spin_until(lambda: False, 0.1)
         return condition()
 
     # The node's newest frame is an earlier test's (stamped at second ~200) until the new publisher is matched and
     # its frames arrive; a loaded machine may take over a second to match. A report of a now-stamped frame must
-    # come (else the age is computed wrongly); the report after it covers a whole period of our stream (the rate).
+    # come (else the age is computed wrongly); after a whole rate window of our stream, the rate is ours.
     assert stream_until(lambda: diagnostics and float(values(diagnostics[-1])["newest_frame_age_s"]) < 1.0, 15)
-    seen = len(diagnostics)
-    assert stream_until(lambda: len(diagnostics) > seen, 10)
+    streaming_since = time.monotonic()
+    assert stream_until(lambda: time.monotonic() - streaming_since > NodeStatus.RATE_WINDOW_S + 1.5, 10)
     fresh = diagnostics[-1]
     assert fresh.status[0].level == b"\x00", fresh.status[0].message  # OK
-    assert 0.0 <= float(values(fresh)["newest_frame_age_s"]) < 1.0 and float(values(fresh)["color_rate_hz"]) > 3
+    assert 0.0 <= float(values(fresh)["newest_frame_age_s"]) < 1.0
+    # Our publishing loop is slower than 10 Hz on a loaded machine: the rate we sent over the window is the truth.
+    now = time.monotonic()
+    ours = sum(t > now - NodeStatus.RATE_WINDOW_S for t in published) / NodeStatus.RATE_WINDOW_S
+    assert 0.6 * ours < float(values(fresh)["color_rate_hz"]) < 1.4 * ours + 0.5, (ours, values(fresh))
     failed = int(values(fresh)["requests_failed"])
     assert not ask(peer, "").success
     diagnostics.clear()
