@@ -84,7 +84,7 @@ def soak_section(peer, rgb: np.ndarray, frame_message, calls: int, memory_kib, p
     lines = ["", f"### soak: {calls} calls, a new 640x480 frame each ({time.monotonic() - t_start:.0f} s, "
              f"{failures} failed)", "| calls | node RSS MiB | median round trip s (last 100) |", "|---|---|---|"]
     lines += [f"| {k} | {rss:.0f} | {dt:.3f} |" for k, rss, dt in samples]
-    for start in (100, calls // 2):
+    for start in sorted({100, calls // 2}):  # one line when they coincide
         later = [rss for k, rss, _ in samples if k >= start]
         if later:
             lines.append(f"RSS from call {start} on: min {min(later):.0f}, max {max(later):.0f} MiB "

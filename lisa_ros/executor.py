@@ -43,10 +43,10 @@ class _TrackingPool(ThreadPoolExecutor):
 class QueueAwareExecutor(MultiThreadedExecutor):
     """MultiThreadedExecutor whose spin thread waits instead of re-queueing work a worker has not picked up yet."""
 
-    def __init__(self, num_threads: int | None = None, context=None):
+    def __init__(self, num_threads: int, context=None):
         super().__init__(num_threads=num_threads, context=context)
         self._executor.shutdown(wait=False)  # rclpy's plain pool: replaced before any work reaches it
-        self._executor = _TrackingPool(self._executor._max_workers)
+        self._executor = _TrackingPool(num_threads)
 
     def _wait_for_ready_callbacks(self, *args, **kwargs):
         for work in super()._wait_for_ready_callbacks(*args, **kwargs):
