@@ -41,8 +41,7 @@ def final_states(seg, image: np.ndarray, input_ids: list[int]) -> torch.Tensor:
     model, feats = seg.model, seg.set_image(image)
     ids = torch.tensor([input_ids])
     with torch.no_grad():
-        embeds, _, attn = model.splice_image(ids, feats.clip_tokens, image_token_mask=feats.token_mask)
-        return model.language_states(embeds, attn)[0]
+        return model.forced_states(ids, feats.clip_tokens, feats.token_mask)[0]
 
 
 def always_seg(seg, image: np.ndarray) -> None:

@@ -144,8 +144,7 @@ def test_seg_states_and_embeddings_match_reference(segmenter):
     feats = segmenter.set_image(read_rgb(case / "image.png"))
     ids = torch.tensor([exp["output_ids"]])
     with torch.no_grad():
-        embeds, _, _ = model.splice_image(ids, feats.clip_tokens)
-        states = model.language_states(embeds)[0]
+        states = model.forced_states(ids, feats.clip_tokens)[0]
         positions = model.seg_state_positions(ids)[0]
         seg = model.seg_projection(states[positions])
     assert positions.tolist() == exp["seg_hidden_positions"]

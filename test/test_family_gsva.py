@@ -173,9 +173,8 @@ def test_teacher_forced_evaluation_matches_reference(segmenter, case):
         assert float(logits[k].double().sum()) == pytest.approx(slot["mask_stats"]["sum"], rel=1e-6)
     # validate's single pass = the library's teacher-forced path (state before each [SEG] of the given ids)
     with torch.no_grad():
-        embeds, _, _ = model.splice_image(ids, feats.clip_tokens)
         positions = model.seg_state_positions(ids)[0]
-        seg_only = model.seg_projection(model.language_states(embeds)[0, positions])
+        seg_only = model.seg_projection(model.forced_states(ids, feats.clip_tokens)[0, positions])
     assert positions.tolist() == exp["seg_only"]["mask_hidden_rows"]
     assert_logits(seg_only.numpy(), tensors["seg_only_slot_embeddings"].numpy())
     print(f"{case.name} eval: max |logit diff| {diff:.2e}")

@@ -71,8 +71,7 @@ def _prompts_of(seg: LisaSegmenter, case: Path, exp: dict, tensors: dict):
     feats = seg.set_image(read_rgb(case / "image.png"))
     ids = torch.tensor([exp["input_ids"] + exp["generated_ids"]])
     with torch.no_grad():
-        embeds, _, mask = model.splice_image(ids, feats.clip_tokens, image_token_mask=feats.token_mask)
-        states = model.language_states(embeds, mask)[0]
+        states = model.forced_states(ids, feats.clip_tokens, feats.token_mask)[0]
         seg_states = states[model.seg_state_positions(ids)[0]]
         image_states = model.image_token_states(states, ids[0])
         geometry = ImageGeometry(feats.original_size, feats.input_size, 1024, feats.clip_valid_size)

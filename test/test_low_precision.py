@@ -47,8 +47,7 @@ def teacher_forced(seg: LisaSegmenter, image: np.ndarray, exp: dict) -> tuple[to
     model = seg.model
     feats = seg.set_image(image)
     ids = torch.tensor([exp["input_ids"] + exp["generated_ids"]])
-    embeds, _, _ = model.splice_image(ids, feats.clip_tokens)
-    states = model.language_states(embeds)
+    states = model.forced_states(ids, feats.clip_tokens)
     n = len(exp["generated_ids"])
     logits = model.lm_head(states[0, -n - 1:-1]).float()
     positions = model.seg_state_positions(ids)[0]

@@ -70,8 +70,7 @@ def test_seg_embeddings_match_reference(segmenter):
     feats = segmenter.set_image(image)
     ids = torch.tensor([exp["input_ids"] + exp["generated_ids"]])
     with torch.no_grad():
-        embeds, _, _ = model.splice_image(ids, feats.clip_tokens)
-        states = model.language_states(embeds)[0]
+        states = model.forced_states(ids, feats.clip_tokens)[0]
         positions = model.seg_state_positions(ids)[0]
         seg = model.seg_projection(states[positions])
     assert positions.tolist() == exp["seg_hidden_positions"]

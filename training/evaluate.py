@@ -64,8 +64,7 @@ def teacher_forced_logits(seg: LisaSegmenter, image: np.ndarray, turns: list[tup
     text = wrap_image_token(build_conversation(turns, cfg.conv_template), cfg.mm_use_im_start_end)
     ids, _ = seg.tokenizer.tokenize_conversation(text, cfg.conv_template)
     ids_t = torch.tensor([ids], device=seg.device)
-    embeds, _, mask = model.splice_image(ids_t, feats.clip_tokens, image_token_mask=feats.token_mask)
-    states = model.language_states(embeds, mask)[0]
+    states = model.forced_states(ids_t, feats.clip_tokens, feats.token_mask)[0]
     positions = model.seg_state_positions(ids_t)[0]
     logits = model.masks_from_states(states[positions], feats.sam_embedding, feats.input_size, feats.original_size,
                                      model.image_token_states(states, ids_t[0]), feats.clip_valid_size)

@@ -88,8 +88,7 @@ class Gsva(Family):
         if rej not in row[:last_seg]:
             return states  # no [SEG] follows a [REJ]: the second pass would give the same states
         reeval = torch.where(input_ids == rej, seg, input_ids)
-        embeds, _, _ = model.splice_image(reeval, image_tokens)
-        return model.language_states(embeds)[0, model.seg_state_positions(input_ids)[0]]
+        return model.forced_states(reeval, image_tokens)[0, model.seg_state_positions(input_ids)[0]]
 
     def loss_masks(self, model: "LisaForSegmentation", seg_logits: torch.Tensor, input_ids: torch.Tensor,
                    gt_masks: torch.Tensor) -> torch.Tensor:
@@ -132,15 +131,13 @@ def slot_pass(model: "LisaForSegmentation", input_ids: torch.Tensor, image_token
     if (at == 0).any():
         raise CheckpointError("a [SEG]/[REJ] slot at position 0 has no state before it")
     positions = model.expanded_positions(row, at - 1, model.config.num_image_tokens)
-    embeds, _, _ = model.splice_image(input_ids, image_tokens)
-    states = model.language_states(embeds)[0]
+    states = model.forced_states(input_ids, image_tokens)[0]
     argmax = model.lm_head(states[positions]).float().argmax(-1)
     given = row[at]
     keep = torch.where(given == seg, argmax == seg, argmax == rej)
     decisions = torch.where(keep, given, torch.where(given == seg, rej, seg))
     if reeval and bool((given == rej).any()):
-        embeds, _, _ = model.splice_image(torch.where(input_ids == rej, seg, input_ids), image_tokens)
-        states = model.language_states(embeds)[0]
+        states = model.forced_states(torch.where(input_ids == rej, seg, input_ids), image_tokens)[0]
     return SlotPass(given.tolist(), decisions.tolist(), positions, states[positions])
 
 

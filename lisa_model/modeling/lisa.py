@@ -127,6 +127,13 @@ class LisaForSegmentation(LlavaForConditionalGeneration):
         p = int((input_ids == IMAGE_TOKEN_INDEX).nonzero().flatten()[0])
         return states[p: p + self.config.num_image_tokens]
 
+    def forced_states(self, input_ids: torch.Tensor, image_tokens: torch.Tensor,
+                      image_token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Final-layer states [B, T, H] of given ids [B, L] (prompt and answer: teacher forcing, no generation)
+        with the image tokens [B, P, H] spliced in (T = L - 1 + P); padded image tokens masked as in splice_image."""
+        embeds, _, mask = self.splice_image(input_ids, image_tokens, image_token_mask=image_token_mask)
+        return self.language_states(embeds, mask)
+
     def language_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
                         all_layers: bool = False, **kwargs) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """Final-layer, post-norm LLaMA states [B, T, H]; masked tokens are silenced (`masked_tokens_silenced`).

@@ -8,7 +8,6 @@ objects) or [REJ] (all-zero target). Images whose sampled expressions are all ab
 from __future__ import annotations
 
 import json
-import logging
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -18,10 +17,8 @@ import numpy as np
 from lisa_model.constants import SEG_TOKEN
 
 from .refer_seg import annotation_mask
-from .sample import BadSample, Sample, read_rgb
+from .sample import BadSample, Sample, count_skipped, read_rgb
 from .templates import MULTI_TARGET_ANSWERS, MULTI_TARGET_QUESTIONS, REJ_TOKEN
-
-log = logging.getLogger(__name__)
 
 
 def multi_target_turn(names: list[str], present: list[bool], question: int, answer: int) -> tuple[str, str]:
@@ -82,8 +79,7 @@ class GRefCocoDataset:
             try:
                 image = read_rgb(self.image_dir / info["file_name"])
             except BadSample as e:
-                log.warning("skipped: %s", e)
-                self.skipped["missing image"] += 1
+                count_skipped(self.skipped, "missing image", e)
                 continue
             turn = multi_target_turn([t for t, _ in chosen], present, rng.randrange(len(MULTI_TARGET_QUESTIONS)),
                                      rng.randrange(len(MULTI_TARGET_ANSWERS)))

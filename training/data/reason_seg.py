@@ -6,7 +6,6 @@ points, labels containing "ignore" -> 255, others -> 1, label "flag" skipped. Tr
 from __future__ import annotations
 
 import json
-import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .sample import BadSample, Sample, read_rgb
+from .sample import BadSample, Sample, count_skipped, read_rgb
 from .templates import ANSWERS, LONG_QUESTIONS, NO_TARGET_ANSWERS, SHORT_QUESTIONS
-
-log = logging.getLogger(__name__)
 
 
 def read_json(path: Path) -> dict:
@@ -94,9 +91,7 @@ def scan(folder: str | Path, skipped: dict | None = None) -> list[ReasonSegRecor
             records.append(ReasonSegRecord(json_path.stem, image_path, list(queries), bool(anno.get("is_sentence")),
                                            anno))
         except BadSample as e:
-            log.warning("skipped: %s", e)
-            if skipped is not None:
-                skipped[type(e).__name__] = skipped.get(type(e).__name__, 0) + 1
+            count_skipped(skipped, type(e).__name__, e)
     return records
 
 
@@ -131,8 +126,7 @@ class ReasonSegDataset:
             try:
                 image, gt = rec.load()
             except BadSample as e:
-                log.warning("skipped: %s", e)
-                self.skipped["BadSample"] = self.skipped.get("BadSample", 0) + 1
+                count_skipped(self.skipped, "BadSample", e)
                 continue
             k = min(self.queries_per_image, len(rec.queries))
             queries = rng.sample(rec.queries, k)
@@ -166,7 +160,7 @@ def read_reason_seg_split(folder: str | Path, limit: int | None = None) -> list[
         try:
             image, gt = rec.load()
         except BadSample as e:
-            log.warning("skipped: %s", e)
+            count_skipped(None, "BadSample", e)
             continue
         out.append(EvalRecord(rec.name, image, rec.queries[0], rec.is_sentence, gt))
     return out

@@ -4,7 +4,6 @@ reference decodes them; the pickles are read as plain data only (training.data.s
 from __future__ import annotations
 
 import json
-import logging
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -13,10 +12,9 @@ import numpy as np
 from pycocotools import mask as coco_mask
 
 from .safe_pickle import load_data_pickle
-from .sample import BadSample, Sample, read_rgb
+from .sample import BadSample, Sample, count_skipped, read_rgb
 from .templates import ANSWERS, SHORT_QUESTIONS
 
-log = logging.getLogger(__name__)
 SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd", "refclef": "unc"}
 
 
@@ -75,8 +73,7 @@ class ReferSegDataset:
             try:
                 image = read_rgb(self.image_dir / info["file_name"])
             except BadSample as e:
-                log.warning("skipped: %s", e)
-                self.skipped["missing image"] += 1
+                count_skipped(self.skipped, "missing image", e)
                 continue
             sents = [(s["sent"].strip(), ref["ann_id"]) for ref in self.refs[image_id] for s in ref["sentences"]]
             chosen = rng.sample(sents, min(self.queries_per_image, len(sents)))

@@ -1,11 +1,14 @@
 """What every reader yields: one image, its conversations, and one target mask per [SEG]."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 class BadSample(ValueError):
@@ -38,6 +41,13 @@ def read_rgb(path: Path) -> np.ndarray:
     if image is None:
         raise BadSample(f"{path}: missing or unreadable image")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def count_skipped(skipped: dict[str, int] | None, reason: str, error: Exception | str) -> None:
+    """Log a data file a reader skips and count it under `reason` (no count when `skipped` is None)."""
+    log.warning("skipped: %s", error)
+    if skipped is not None:
+        skipped[reason] = skipped.get(reason, 0) + 1
 
 
 def merge_skipped(sources) -> dict[str, int]:

@@ -8,7 +8,6 @@ id - 1; COCO-Stuff classes whose name contains "-" (merged "-other" / "-stuff" c
 from __future__ import annotations
 
 import json
-import logging
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -16,10 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .sample import BadSample, Sample, read_rgb
+from .sample import BadSample, Sample, count_skipped, read_rgb
 from .templates import ANSWERS, SHORT_QUESTIONS
-
-log = logging.getLogger(__name__)
 
 
 def read_class_names(path: str | Path) -> list[str]:
@@ -80,8 +77,7 @@ class SemSegDataset:
                 image = read_rgb(image_path)
                 label = remap_labels(np.asarray(Image.open(label_path)), self.dataset, self.classes)
             except (BadSample, OSError) as e:
-                log.warning("skipped: %s: %s", label_path, e)
-                self.skipped["unreadable"] += 1
+                count_skipped(self.skipped, "unreadable", f"{label_path}: {e}")
                 continue
             present = [int(c) for c in np.unique(label) if c != 255 and c < len(self.classes)]
             if not present:

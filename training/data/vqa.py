@@ -6,16 +6,13 @@ the image token is moved to the front of the first human turn.
 from __future__ import annotations
 
 import json
-import logging
 import random
 from collections import defaultdict
 from pathlib import Path
 
 from lisa_model.constants import IMAGE_TOKEN
 
-from .sample import BadSample, Sample, read_rgb
-
-log = logging.getLogger(__name__)
+from .sample import BadSample, Sample, count_skipped, read_rgb
 
 
 def to_turns(conversation: list[dict], source: str) -> list[tuple[str, str]]:
@@ -55,8 +52,7 @@ class VqaDataset:
                 turns = to_turns(item["conversations"], f"{self.source_name}#{item.get('id')}")
                 image = read_rgb(self.image_dir / item["image"])
             except (BadSample, KeyError) as e:
-                log.warning("skipped: %s", e)
-                self.skipped["bad item"] += 1
+                count_skipped(self.skipped, "bad item", e)
                 continue
             return Sample(str(item.get("id", item["image"])), [turns], [], self.source,
                           self.image_dir / item["image"], image)
