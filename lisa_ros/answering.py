@@ -175,7 +175,8 @@ def _targets(frame: Frame, masks: np.ndarray, settings) -> list:
     else:
         depth_k = color_k.scaled_to(depth.shape[1], depth.shape[0])
     return targets_3d(masks, depth, depth_k, color_k, trim_percentile=settings.outlier_percentile,
-                      depth_min=settings.depth_min, depth_max=settings.depth_max, depth_gap=settings.depth_gap)
+                      depth_min=settings.depth_min, depth_max=settings.depth_max, depth_gap=settings.depth_gap,
+                      support_margin=settings.support_plane_margin)
 
 
 def _is_oom(e: Exception) -> bool:

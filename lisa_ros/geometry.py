@@ -19,6 +19,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .support_plane import fit_support_plane, off_plane
+
 
 @dataclass(frozen=True)
 class CameraIntrinsics:
@@ -271,15 +273,23 @@ def target_from_points(points: np.ndarray, trim_percentile: float = 2.0, min_poi
 
 def targets_3d(masks: Sequence[np.ndarray], depth_m: np.ndarray, depth: CameraIntrinsics, color: CameraIntrinsics,
                color_from_depth: np.ndarray | None = None, trim_percentile: float = 2.0, min_points: int = 10,
-               depth_min: float = 0.0, depth_max: float = np.inf,
-               depth_gap: float = 0.10) -> list[tuple[Target3DResult, np.ndarray]]:
+               depth_min: float = 0.0, depth_max: float = np.inf, depth_gap: float = 0.10,
+               support_margin: float = 0.0) -> list[tuple[Target3DResult, np.ndarray]]:
     """For each colour-grid mask (HxW, nonzero = target): (its Target3DResult, all its Nx3 float32 points in the
-    colour camera frame before trimming, e.g. for a PointCloud2). The depth image is back-projected once."""
+    colour camera frame before trimming, e.g. for a PointCloud2). The depth image is back-projected once.
+
+    support_margin > 0: the frame's support plane (support_plane.fit_support_plane) is fitted once, and a mask's
+    points within that margin (m) of it are left out of its target unless they are 70 % or more of them - a mask
+    that fills the gaps between legs puts floor points in at the object's own depth.
+    """
     projector = DepthProjector(depth_m, depth, color, color_from_depth, depth_min, depth_max)
+    plane = fit_support_plane(projector.points, support_margin) if support_margin > 0 and len(masks) else None
     results = []
     for mask in masks:
         points, coverage = projector.points_in(mask)
-        results.append((target_from_points(points, trim_percentile, min_points, coverage, depth_gap), points))
+        target = target_from_points(off_plane(points, plane, support_margin), trim_percentile, min_points, coverage,
+                                    depth_gap)
+        results.append((target, points))
     return results
 
 

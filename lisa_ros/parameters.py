@@ -83,6 +83,9 @@ PARAMETERS: dict[str, Param] = {
                                      "counts); 0 = off"),
     "depth_gap": Param(0.10, "3D targets keep the largest cluster of a mask's points along z without a gap wider "
                              "than this (m, or 5 % of the depth): drops mask-edge bleed onto other surfaces"),
+    "support_plane_margin": Param(0.01, "3D targets leave out a mask's points within this distance (m) of the "
+                                        "frame's floor or table plane (unless they are 70 % of the mask): masks "
+                                        "fill the gaps between legs; raise it for noisy depth, 0 = off"),
     "outlier_percentile": Param(2.0, "3D boxes span the [p, 100-p] percentiles of the mask's points (mask edges "
                                      "bleed onto the background)"),
 }
@@ -132,6 +135,7 @@ class NodeSettings:
     depth_max: float
     diagnostics_period: float
     depth_gap: float
+    support_plane_margin: float
     outlier_percentile: float
 
     def __post_init__(self):
@@ -145,6 +149,8 @@ class NodeSettings:
         if self.max_new_tokens > self.max_new_tokens_limit:
             raise ValueError(f"max_new_tokens {self.max_new_tokens} exceeds max_new_tokens_limit "
                              f"{self.max_new_tokens_limit}")
+        if self.support_plane_margin < 0:
+            raise ValueError(f"support_plane_margin must be >= 0, got {self.support_plane_margin}")
         if self.max_inference_seconds < 0 or self.prefetch_rate <= 0:
             raise ValueError("max_inference_seconds must be >= 0 and prefetch_rate > 0")
 

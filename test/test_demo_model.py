@@ -19,13 +19,15 @@ from ros_fixtures import ROOT, subprocess_env
 
 SRV = "/lisa_node/reason_segment"
 # Held-out phrasings (training.household never trained on them) of three kinds, and a thing the scene lacks.
-QUESTIONS = {"laundry_basket": "where can I toss my dirty shirt", "chair": "where can a guest take a seat",
-             "plant": "what grows green leaves"}
+QUESTIONS = {"laundry_basket": "where can I toss my dirty shirt", "plant": "what grows green leaves",
+             "shelf": "where would the books stand"}
 ABSENT = "something to drink from"  # no mug in this scene
-# The target is 3 cm in >= 90 % of held-out cases; the shipped model reaches 71 % (model card), and on this
-# scene the chair is 3.6 cm off (its mask bleeds onto the floor between the legs). This bound guards what ships; the
-# 3 cm target stays open. The main job's basket is within 0.7 cm and keeps the 3 cm bound.
-CENTROID_BOUND_M = 0.05
+# The chair, asked the same way, has the right mask (IoU 0.93) but with a stray patch on the plant's pot, 70 cm
+# away and of a like colour, and its centroid is 3.6 cm off. That is the model's commonest 3D failure (chairs are
+# within 3 cm in 62 % of the model card's held-out cases): it is checked here against a 5 cm bound, the others
+# against the 3 cm.
+CHAIR = "where can a guest take a seat"
+BOUND_M = {"laundry_basket": 0.03, "plant": 0.03, "shelf": 0.03, "chair": 0.05}
 
 
 def truth_of(scene, kind: str):
@@ -78,9 +80,9 @@ def ask(peer, question: str):
     return res
 
 
-@pytest.mark.parametrize("kind", list(QUESTIONS))
+@pytest.mark.parametrize("kind", [*QUESTIONS, "chair"])
 def test_implicit_questions_get_the_right_object_in_2d_and_3d(robot, scene, kind):
-    res = ask(robot, QUESTIONS[kind])
+    res = ask(robot, QUESTIONS.get(kind, CHAIR))
     assert res.success and len(res.masks) >= 1, res.message
     assert res.text.startswith("Sure"), res.text
     instance, centroid = truth_of(scene, kind)
@@ -91,7 +93,7 @@ def test_implicit_questions_get_the_right_object_in_2d_and_3d(robot, scene, kind
     assert target.valid
     error = np.linalg.norm([target.centroid.x - centroid[0], target.centroid.y - centroid[1],
                             target.centroid.z - centroid[2]])
-    assert error <= CENTROID_BOUND_M, f"3D centroid {error * 100:.1f} cm from the truth"
+    assert error <= BOUND_M[kind], f"3D centroid {error * 100:.1f} cm from the truth"
 
 
 def test_a_thing_that_is_not_there_gets_no_mask(robot):
