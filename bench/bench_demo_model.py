@@ -62,9 +62,10 @@ def absent_scores(seg: LisaSegmenter, folder: Path) -> dict:
     return {"no_mask": no_mask / len(records), "n": len(records)}
 
 
-def scores_3d(seg: LisaSegmenter, workdir: Path, scenes: int, seed: int) -> dict:
+def scores_3d(seg: LisaSegmenter, workdir: Path, scenes: int, seed: int, held_out: bool) -> dict:
     """Held-out 640x480 scenes with depth: IoU with the true instance and 3D centroid error per visible object,
-    through the node's geometry with its default parameters, and without the support-plane rule for comparison."""
+    through the node's geometry with its default parameters, and without the support-plane rule for comparison.
+    held_out: ask with held-out phrasings (else with training ones); either way the scenes are new."""
     import cv2
 
     from lisa_ros.geometry import targets_3d
@@ -83,7 +84,8 @@ def scores_3d(seg: LisaSegmenter, workdir: Path, scenes: int, seed: int) -> dict
         for obj in frame["objects"]:
             if obj["pixel_count"] < 0.012 * ids.size:
                 continue
-            question = IMPLICIT[obj["kind"]][1][k % 2]  # a held-out phrasing
+            phrasings = IMPLICIT[obj["kind"]][1 if held_out else 0]
+            question = phrasings[k % 2]
             r = seg.segment(rgb, question, max_new_tokens=12)
             mask, inst = first_mask(r, ids.shape), ids == obj["id"]
             ious.append((mask & inst).sum() / max((mask | inst).sum(), 1))
@@ -146,12 +148,14 @@ def main(argv=None) -> int:
               f"{blind['best']['giou']:.4f} ({others}) |")
     a = absent_scores(seg, data / "val_absent")
     print(f"\nabsent things (val_absent, n={a['n']}): answered without a mask {a['no_mask']:.2f}")
-    d = scores_3d(seg, work, args.scenes_3d, args.seed)
-    print(f"3D, {args.scenes_3d} held-out 640x480 scenes, {d['cases']} objects (held-out phrasings): mean mask IoU "
-          f"{d['mean_iou']:.3f}, centroid within 3 cm {d['within_3cm']:.2f} (without the support-plane rule "
-          f"{d['within_3cm_no_plane']:.2f}), median error {d['median_error_cm']:.2f} cm")
-    print("  within 3 cm by kind: " + ", ".join(f"{kind} {share:.2f} (n={n})" for kind, (n, share) in
-                                                d["by_kind"].items()))
+    for held_out in (False, True):
+        d = scores_3d(seg, work, args.scenes_3d, args.seed, held_out)
+        print(f"3D, {args.scenes_3d} held-out 640x480 scenes, {d['cases']} objects, "
+              f"{'held-out' if held_out else 'training'} phrasings: mean mask IoU {d['mean_iou']:.3f}, centroid "
+              f"within 3 cm {d['within_3cm']:.2f} (without the support-plane rule {d['within_3cm_no_plane']:.2f}), "
+              f"median error {d['median_error_cm']:.2f} cm")
+        print("  within 3 cm by kind: " + ", ".join(f"{kind} {share:.2f} (n={n})" for kind, (n, share) in
+                                                    d["by_kind"].items()))
     print(f"\nkinds: {KIND_NAMES}; total {time.time() - t0:.0f} s")
     return 0
 

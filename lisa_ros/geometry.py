@@ -263,6 +263,10 @@ def target_from_points(points: np.ndarray, trim_percentile: float = 2.0, min_poi
     """Centroid = mean of the largest depth cluster (largest_depth_cluster); box = that cluster's per-axis
     [trim_percentile, 100 - trim_percentile] range (trim_outliers). Invalid when fewer than min_points remain."""
     kept = largest_depth_cluster(np.asarray(points, dtype=np.float32), depth_gap)
+    return _summarise(kept, trim_percentile, min_points, depth_coverage)
+
+
+def _summarise(kept: np.ndarray, trim_percentile: float, min_points: int, depth_coverage: float) -> Target3DResult:
     boxed = trim_outliers(kept, trim_percentile)
     if len(kept) < max(1, min_points) or len(boxed) == 0:
         return Target3DResult.invalid(depth_coverage, len(kept))
@@ -275,21 +279,21 @@ def targets_3d(masks: Sequence[np.ndarray], depth_m: np.ndarray, depth: CameraIn
                color_from_depth: np.ndarray | None = None, trim_percentile: float = 2.0, min_points: int = 10,
                depth_min: float = 0.0, depth_max: float = np.inf, depth_gap: float = 0.10,
                support_margin: float = 0.0) -> list[tuple[Target3DResult, np.ndarray]]:
-    """For each colour-grid mask (HxW, nonzero = target): (its Target3DResult, all its Nx3 float32 points in the
-    colour camera frame before trimming, e.g. for a PointCloud2). The depth image is back-projected once.
+    """For each colour-grid mask (HxW, nonzero = target): (its Target3DResult, the Mx3 float32 points it is made
+    of, in the colour camera frame, before the box's percentile trim - e.g. for a PointCloud2, whose mean is the
+    centroid). The depth image is back-projected once.
 
     support_margin > 0: the frame's support plane (support_plane.fit_support_plane) is fitted once, and a mask's
-    points within that margin (m) of it are left out of its target unless they are 70 % or more of them - a mask
-    that fills the gaps between legs puts floor points in at the object's own depth.
+    points within that margin (m) of it are left out unless they are 70 % or more of them - a mask that fills the
+    gaps between legs puts floor points in at the object's own depth. Then the largest depth cluster is kept.
     """
     projector = DepthProjector(depth_m, depth, color, color_from_depth, depth_min, depth_max)
     plane = fit_support_plane(projector.points, support_margin) if support_margin > 0 and len(masks) else None
     results = []
     for mask in masks:
         points, coverage = projector.points_in(mask)
-        target = target_from_points(off_plane(points, plane, support_margin), trim_percentile, min_points, coverage,
-                                    depth_gap)
-        results.append((target, points))
+        kept = largest_depth_cluster(off_plane(points, plane, support_margin), depth_gap)
+        results.append((_summarise(kept, trim_percentile, min_points, coverage), kept))
     return results
 
 

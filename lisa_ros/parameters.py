@@ -75,7 +75,7 @@ PARAMETERS: dict[str, Param] = {
     "publish_mask": Param(True, "publish ~/mask (mono8 union of masks, 255 = target)"),
     "publish_overlay": Param(True, "publish ~/overlay (rgb8: masks over the frame, answer as caption)"),
     "publish_answer": Param(True, "publish ~/answer (std_msgs/String)"),
-    "publish_points": Param(True, "publish ~/points (PointCloud2 of the masks' 3D points) when depth is there"),
+    "publish_points": Param(True, "publish ~/points (PointCloud2 of each target's 3D points) when depth is there"),
     "publish_markers": Param(True, "publish ~/markers (3D box + label per mask) when depth is there"),
     "depth_min": Param(0.1, "depth below this (m) is invalid"),
     "depth_max": Param(10.0, "depth beyond this (m) is invalid"),

@@ -113,7 +113,10 @@ def test_colour_masks_give_3d_targets_within_tolerance(synthetic_scene):  # noqa
         in_camera = transform_points(np.linalg.inv(scene.pose(frame_id)), corners)
         assert (target.bbox_min > in_camera.min(axis=0) - 0.01).all()
         assert (target.bbox_max < in_camera.max(axis=0) + 0.01).all()
-        assert 0.95 * len(points) < target.point_count <= len(points)
+        mask_points, _ = DepthProjector(scene.read_depth(frame_id), scene.depth_intrinsics,
+                                        scene.color_intrinsics).points_in(mask)
+        assert 0.95 * len(mask_points) < target.point_count == len(points) <= len(mask_points)
+        np.testing.assert_allclose(points.mean(axis=0), target.centroid, atol=1e-5)  # the points it is made of
     assert max(errors) < 0.01, errors
 
 

@@ -66,9 +66,10 @@ def test_the_floor_itself_keeps_all_its_points(room):
     scene, _, ids = room
     floor = ids == 0
     floor[: ids.shape[0] // 2] = False  # the lower half of the background: floor, no wall
-    (kept, points), = targets_3d([floor], scene.read_depth(0), scene.depth_intrinsics, scene.color_intrinsics,
+    (target, kept), = targets_3d([floor], scene.read_depth(0), scene.depth_intrinsics, scene.color_intrinsics,
                                  support_margin=0.01)
-    assert kept.valid and kept.point_count == len(points)
+    points, _ = DepthProjector(scene.read_depth(0), scene.depth_intrinsics, scene.color_intrinsics).points_in(floor)
+    assert target.valid and target.point_count == len(kept) == len(points)
 
 
 def test_walls_are_not_support_and_the_guard_keeps_flat_targets():
