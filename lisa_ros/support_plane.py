@@ -37,7 +37,7 @@ def _plane_through(points: np.ndarray) -> Plane | None:
 
 
 def fit_support_plane(points: np.ndarray, margin: float = 0.01, max_tilt_deg: float = 60.0,
-                      min_share: float = 0.1, iterations: int = 200, sample: int = 20000,
+                      min_share: float = 0.1, iterations: int = 200, sample: int = 8000,
                       seed: int = 0) -> Plane | None:
     """The plane holding the most of a frame's Nx3 points within `margin` (m), among planes whose normal is within
     `max_tilt_deg` of the camera's up (floors and table tops for a camera pitched up to that much; walls are
