@@ -1,6 +1,7 @@
 """Play a ScanNet-style scene folder as a live RGB-D camera, and optionally record it to a ROS 2 bag.
 
-    python -m lisa_ros.scene_player --scene DIR [--rate HZ] [--loop] [--compressed] [--bag OUT.mcap|OUT.db3]
+    python -m lisa_ros.scene_player --scene DIR [--rate HZ] [--loop] [--wait-for-subscriber] [--compressed]
+                                    [--bag OUT.mcap|OUT.db3]
     ros2 run lisa_ros scene_player --scene DIR ...
 
 Per frame, all with the same header stamp (the time of publishing) - the stamp-based pairing lisa_node does:
@@ -12,7 +13,9 @@ Per frame, all with the same header stamp (the time of publishing) - the stamp-b
     <ns>/pose                         geometry_msgs/PoseStamped       colour camera in the map frame (valid poses only)
 and, when tf2_ros can be imported, TF map -> colour camera plus a static colour -> depth camera transform.
 Topic names match lisa_node's defaults with the default namespace /camera. --bag writes the same messages (TF
-excepted) to a bag. Without --loop the player exits after the last frame.
+excepted) to a bag. Without --loop the player exits after the last frame; on exit it prints how many frames it
+published. --wait-for-subscriber holds the first frame until something subscribes to the colour image, so a node
+started later sees the scene from its start.
 """
 from __future__ import annotations
 
@@ -70,11 +73,12 @@ class ScenePlayer(Node):
     """Publishes one frame per timer tick; `finished` turns true after the last frame unless looping."""
 
     def __init__(self, scene: ScanNetScene, rate: float, loop: bool = False, config: PlayerConfig = PlayerConfig(),
-                 bag: BagWriter | None = None):
+                 bag: BagWriter | None = None, wait_for_subscriber: bool = False):
         super().__init__("scene_player")
         if rate <= 0:
             raise ValueError(f"rate must be > 0 Hz, got {rate}")
         self.scene, self.loop, self.config, self.bag = scene, loop, config, bag
+        self.wait_for_subscriber = wait_for_subscriber
         self.finished = False
         self.frames_published = 0
         self._next = 0
@@ -111,6 +115,10 @@ class ScenePlayer(Node):
         return self._topic_publishers[topic]
 
     def _tick(self) -> None:
+        if self.wait_for_subscriber:
+            if self._topic_publishers[self.config.topic("color/image_raw")].get_subscription_count() == 0:
+                return
+            self.wait_for_subscriber = False
         if self._next >= len(self.scene):
             if not self.loop:
                 self.finished = True
@@ -136,6 +144,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--scene", required=True, help="scene folder (color/, depth/, intrinsic/, pose/)")
     parser.add_argument("--rate", type=float, default=5.0, help="frames per second (Hz)")
     parser.add_argument("--loop", action="store_true", help="start again after the last frame")
+    parser.add_argument("--wait-for-subscriber", action="store_true",
+                        help="hold the first frame until something subscribes to the colour image")
     parser.add_argument("--compressed", action="store_true", help="also publish <ns>/color/image_raw/compressed")
     parser.add_argument("--bag", help="also record to a new bag: OUT.mcap (mcap) or OUT.db3 (sqlite3); the bag is "
                                       "the directory OUT/")
@@ -156,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     bag = BagWriter(args.bag) if args.bag else None
     node = None
     try:
-        node = ScenePlayer(scene, args.rate, args.loop, config, bag)
+        node = ScenePlayer(scene, args.rate, args.loop, config, bag, args.wait_for_subscriber)
         while rclpy.ok() and not node.finished:
             rclpy.spin_once(node, timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
@@ -166,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             bag.close()  # before anything else can fail: an unclosed mcap has no footer
             print(f"scene_player: wrote {bag.count} messages to {bag.path}", flush=True)
         if node is not None:
+            print(f"scene_player: published {node.frames_published} frames", flush=True)
             node.destroy_node()
         rclpy.try_shutdown()
     return 0

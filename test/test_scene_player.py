@@ -92,6 +92,33 @@ def test_live_frames_arrive_with_matching_stamps(synthetic_scene, ros_context): 
                                scene.pose(frame)[:3, 3], atol=1e-9)
 
 
+def test_wait_for_subscriber_holds_the_first_frame(synthetic_scene, ros_context):  # noqa: F811
+    """A listener that comes up late still gets the scene from its first frame; the player says what it sent."""
+    scene = ScanNetScene.open(synthetic_scene)
+    player = _player(synthetic_scene, "--rate", "20", "--wait-for-subscriber")
+    node = rclpy.create_node("late_listener", context=ros_context)
+    executor = rclpy.executors.SingleThreadedExecutor(context=ros_context)
+    executor.add_node(node)
+    received: list[Image] = []
+    try:
+        time.sleep(2.0)  # without the option, 40 frames would be gone by now (and the player would have exited)
+        assert player.poll() is None, "the player did not wait"
+        node.create_subscription(Image, "/camera/color/image_raw", received.append,
+                                 QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+        deadline = time.monotonic() + 60
+        while player.poll() is None and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.1)
+        for _ in range(20):  # what is still in flight
+            executor.spin_once(timeout_sec=0.05)
+    finally:
+        output = _stop(player)
+        executor.shutdown()
+        node.destroy_node()
+    assert received, output
+    assert _frame_of(scene, image_to_rgb(received[0])) == scene.frame_ids[0]
+    assert f"published {len(scene)} frames" in output
+
+
 @pytest.mark.parametrize("suffix, storage", [(".mcap", "mcap"), (".db3", "sqlite3")])
 def test_bag_is_written_and_reads_back(synthetic_scene, ros_domain, tmp_path, suffix, storage):  # noqa: F811
     from rosbags.rosbag2 import Reader
