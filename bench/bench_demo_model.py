@@ -9,9 +9,11 @@ Scores, all on scenes never trained on and asked as the node asks (the bare ques
   query-blind baselines (largest object, random object, all objects) on the same frames;
 * the share of answers that are exactly "Sure, it is [SEG]."; for things that are absent (val_absent), the share
   answered without a mask;
-* 3D: 640 x 480 household scenes with depth; per visible object, the question's mask IoU with the true instance
-  and the 3D centroid (the node's `targets_3d` with its default parameters) against the true visible-surface
-  centroid: share within 3 cm, overall and by kind, and without the support-plane rule.
+* gIoU also for the node's masks: the model's, less the detached regions it is unsure of (parameter
+  mask_min_peak_ratio, lisa_model.mask_regions);
+* 3D: 640 x 480 household scenes with depth; per visible object, the node's mask IoU with the true instance and
+  the 3D centroid (the node's `targets_3d` with its default parameters) against the true visible-surface
+  centroid: share within 3 cm, overall and by kind, and without the support-plane rule or the region rule.
 --ship writes the trained weights (float16) to lisa_model/weights/lisa-demo.
 """
 from __future__ import annotations
@@ -30,7 +32,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from lisa_model import LisaSegmenter  # noqa: E402
+from lisa_model.mask_regions import keep_confident_regions  # noqa: E402
 from lisa_model.metrics import segmentation_scores  # noqa: E402
+from lisa_ros.parameters import default_settings  # noqa: E402
 from training.baselines import baseline_scores  # noqa: E402
 from training.data.reason_seg import scan  # noqa: E402
 from training.household import IMPLICIT, KIND_NAMES  # noqa: E402
@@ -38,22 +42,28 @@ from training.household import IMPLICIT, KIND_NAMES  # noqa: E402
 CONFIG = ROOT / "training" / "configs" / "lisa_demo.yaml"
 SHIPPED = ROOT / "lisa_model" / "weights" / "lisa-demo"
 ANSWER = "Sure, it is [SEG]."
+NODE = default_settings()
 
 
-def first_mask(result, shape) -> np.ndarray:
-    return result.masks[0] if len(result.masks) else np.zeros(shape, bool)
+def first_mask(result, shape, min_peak_ratio: float = 0.0) -> np.ndarray:
+    """The first [SEG]'s mask (empty when none): as the model gives it, or with the node's region rule."""
+    if not len(result.masks):
+        return np.zeros(shape, bool)
+    return keep_confident_regions(result.mask_logits[0], min_peak_ratio)
 
 
 def split_scores(seg: LisaSegmenter, folder: Path) -> dict:
-    preds, gts, exact = [], [], 0
+    preds, node_preds, gts, exact = [], [], [], 0
     for rec in scan(folder):
         image, gt = rec.load()
         r = seg.segment(image, rec.queries[0], max_new_tokens=12)
         exact += r.text.replace(" [SEG] .", " [SEG].").strip() == ANSWER
         preds.append(first_mask(r, gt.shape))
+        node_preds.append(first_mask(r, gt.shape, NODE.mask_min_peak_ratio))
         gts.append(gt)
     scores = segmentation_scores(preds, gts)
-    return {**scores, "answer_template": exact / len(gts), "n": len(gts)}
+    return {**scores, "node_giou": segmentation_scores(node_preds, gts)["giou"], "answer_template": exact / len(gts),
+            "n": len(gts)}
 
 
 def absent_scores(seg: LisaSegmenter, folder: Path) -> dict:
@@ -64,17 +74,20 @@ def absent_scores(seg: LisaSegmenter, folder: Path) -> dict:
 
 def scores_3d(seg: LisaSegmenter, workdir: Path, scenes: int, seed: int, held_out: bool) -> dict:
     """Held-out 640x480 scenes with depth: IoU with the true instance and 3D centroid error per visible object,
-    through the node's geometry with its default parameters, and without the support-plane rule for comparison.
+    through the node's mask rule and geometry with their default parameters, and without the support-plane rule
+    or the region rule for comparison.
     held_out: ask with held-out phrasings (else with training ones); either way the scenes are new."""
     import cv2
 
     from lisa_ros.geometry import targets_3d
-    from lisa_ros.parameters import default_settings
     from lisa_ros.scenes.household import generate_scene
     from lisa_ros.scenes.scannet import ScanNetScene
 
-    node = default_settings()
-    ious, kinds, errors = [], [], {"node": [], "no_plane": []}
+    node = NODE
+    # name -> (region rule, support-plane margin)
+    variants = {"node": (node.mask_min_peak_ratio, node.support_plane_margin),
+                "no_plane": (node.mask_min_peak_ratio, 0.0), "no_regions": (0.0, node.support_plane_margin)}
+    ious, kinds, errors = [], [], {name: [] for name in variants}
     for k in range(scenes):
         folder = generate_scene(workdir / "scenes3d" / f"{k}", num_frames=1, seed=seed + 1000 + k)
         scene, truth = ScanNetScene.open(folder), json.loads((folder / "ground_truth.json").read_text())
@@ -87,10 +100,12 @@ def scores_3d(seg: LisaSegmenter, workdir: Path, scenes: int, seed: int, held_ou
             phrasings = IMPLICIT[obj["kind"]][1 if held_out else 0]
             question = phrasings[k % 2]
             r = seg.segment(rgb, question, max_new_tokens=12)
-            mask, inst = first_mask(r, ids.shape), ids == obj["id"]
+            inst = ids == obj["id"]
+            mask = first_mask(r, ids.shape, node.mask_min_peak_ratio)
             ious.append((mask & inst).sum() / max((mask | inst).sum(), 1))
             kinds.append(obj["kind"])
-            for name, margin in (("node", node.support_plane_margin), ("no_plane", 0.0)):
+            for name, (ratio, margin) in variants.items():
+                mask = first_mask(r, ids.shape, ratio)
                 (target, _), = targets_3d(mask[None], scene.read_depth(0), scene.depth_intrinsics,
                                           scene.color_intrinsics, trim_percentile=node.outlier_percentile,
                                           depth_gap=node.depth_gap, support_margin=margin)
@@ -100,6 +115,7 @@ def scores_3d(seg: LisaSegmenter, workdir: Path, scenes: int, seed: int, held_ou
     return {"cases": len(node_errors), "mean_iou": float(np.mean(ious)),
             "within_3cm": float((node_errors <= 0.03).mean()), "median_error_cm": float(np.median(node_errors) * 100),
             "within_3cm_no_plane": float((np.asarray(errors["no_plane"]) <= 0.03).mean()),
+            "within_3cm_no_regions": float((np.asarray(errors["no_regions"]) <= 0.03).mean()),
             "by_kind": {kind: (int((kinds == kind).sum()), float((node_errors[kinds == kind] <= 0.03).mean()))
                         for kind in KIND_NAMES if (kinds == kind).any()}}
 
@@ -137,14 +153,15 @@ def main(argv=None) -> int:
         seg = LisaSegmenter.from_pretrained("lisa-demo")  # score what ships (float16-rounded weights)
     print(f"model {model}: {sum(p.numel() for p in seg.model.parameters()) / 1e6:.2f} M parameters; "
           f"{time.time() - t0:.0f} s to here\n")
-    print("| split | n | gIoU | cIoU | 'Sure, it is [SEG].' | best blind baseline gIoU |", "|---|---|---|---|---|---|",
-          sep="\n")
+    print("| split | n | gIoU | cIoU | gIoU, node's masks | 'Sure, it is [SEG].' | best blind baseline gIoU |",
+          "|---|---|---|---|---|---|---|", sep="\n")
     for split in ("val", "val_heldout"):
         s = split_scores(seg, data / split)
         blind = baseline_scores(data / split)
         others = ", ".join(f"{k} {blind[k]['giou']:.3f}" for k in ("largest_object", "random_object_expected",
                                                                    "all_objects"))
-        print(f"| {split} | {s['n']} | {s['giou']:.4f} | {s['ciou']:.4f} | {s['answer_template']:.2f} | "
+        print(f"| {split} | {s['n']} | {s['giou']:.4f} | {s['ciou']:.4f} | {s['node_giou']:.4f} | "
+              f"{s['answer_template']:.2f} | "
               f"{blind['best']['giou']:.4f} ({others}) |")
     a = absent_scores(seg, data / "val_absent")
     print(f"\nabsent things (val_absent, n={a['n']}): answered without a mask {a['no_mask']:.2f}")
@@ -152,8 +169,8 @@ def main(argv=None) -> int:
         d = scores_3d(seg, work, args.scenes_3d, args.seed, held_out)
         print(f"3D, {args.scenes_3d} held-out 640x480 scenes, {d['cases']} objects, "
               f"{'held-out' if held_out else 'training'} phrasings: mean mask IoU {d['mean_iou']:.3f}, centroid "
-              f"within 3 cm {d['within_3cm']:.2f} (without the support-plane rule {d['within_3cm_no_plane']:.2f}), "
-              f"median error {d['median_error_cm']:.2f} cm")
+              f"within 3 cm {d['within_3cm']:.2f} (without the support-plane rule {d['within_3cm_no_plane']:.2f}, "
+              f"without the region rule {d['within_3cm_no_regions']:.2f}), median error {d['median_error_cm']:.2f} cm")
         print("  within 3 cm by kind: " + ", ".join(f"{kind} {share:.2f} (n={n})" for kind, (n, share) in
                                                     d["by_kind"].items()))
     print(f"\nkinds: {KIND_NAMES}; total {time.time() - t0:.0f} s")

@@ -97,6 +97,7 @@ def answer_request(segmenter, settings, req: Request, should_stop: Callable[[], 
     """Run the model on the request's frame; every bad input, stop or failure comes back as
     Answer(success=False, message), with the text generated before a stop."""
     from lisa_model import InferenceInterrupted
+    from lisa_model.mask_regions import keep_confident_regions
 
     instruction = req.instruction
     if not instruction or not instruction.strip():
@@ -127,10 +128,13 @@ def answer_request(segmenter, settings, req: Request, should_stop: Callable[[], 
             return Answer.failure(f"out of memory during inference (cache freed): {e}", instruction)
         return Answer.failure(f"inference failed: {type(e).__name__}: {e}", instruction)
     elapsed = time.perf_counter() - t0  # the model's time; 3D targets are geometry, timed by nobody
+    masks = result.masks
+    if settings.mask_min_peak_ratio > 0 and len(masks):
+        masks = np.stack([keep_confident_regions(logits, settings.mask_min_peak_ratio)
+                          for logits in result.mask_logits])
     # Sigmoid only of the pixels inside each mask: the score needs no others (a full-frame exp costs ms per mask).
     scores = [float((1.0 / (1.0 + np.exp(-logits[m]))).mean()) if m.any() else 0.0
-              for logits, m in zip(result.mask_logits, result.masks)]
-    masks = result.masks
+              for logits, m in zip(result.mask_logits, masks)]
     encoding = sum(result.timings.get(k, 0.0) for k in ("preprocess", "clip", "sam_encoder"))
     notes = [n for n in (cap_note, *result.notes) if n]
     if len(masks) == 0:

@@ -43,6 +43,9 @@ PARAMETERS: dict[str, Param] = {
     "max_inference_seconds": Param(300.0, "wall-clock budget of one inference (s); past it the answer is "
                                           "success=false with the text generated so far (0 = no budget)"),
     "max_masks": Param(32, "masks decoded per answer at most (each [SEG] costs a full-size logit map)"),
+    "mask_min_peak_ratio": Param(0.5, "a mask's detached regions whose highest logit is below this share of its "
+                                      "largest region's are dropped (stray patches on look-alike objects); 0 = "
+                                      "the model's masks as they come (the reference implementation's)"),
     "warmup": Param(True, "after loading, read every weight and run each stage once, so the first request costs "
                           "what later ones do (activation takes one query longer; the time is logged)"),
     "memory_limit_mb": Param(0, "refuse to load a model whose estimated size exceeds this (MiB); 0 = the free "
@@ -109,6 +112,7 @@ class NodeSettings:
     max_instruction_chars: int
     max_inference_seconds: float
     max_masks: int
+    mask_min_peak_ratio: float
     warmup: bool
     memory_limit_mb: int
     prefetch: bool
@@ -149,6 +153,8 @@ class NodeSettings:
         if self.max_new_tokens > self.max_new_tokens_limit:
             raise ValueError(f"max_new_tokens {self.max_new_tokens} exceeds max_new_tokens_limit "
                              f"{self.max_new_tokens_limit}")
+        if not 0 <= self.mask_min_peak_ratio <= 1:
+            raise ValueError(f"mask_min_peak_ratio must be in [0, 1], got {self.mask_min_peak_ratio}")
         if self.support_plane_margin < 0:
             raise ValueError(f"support_plane_margin must be >= 0, got {self.support_plane_margin}")
         if self.max_inference_seconds < 0 or self.prefetch_rate <= 0:

@@ -18,9 +18,11 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
 from lisa_model import LisaSegmenter
+from lisa_model.mask_regions import keep_confident_regions
 from lisa_ros.diagnostics import NodeStatus
 from lisa_ros.image_conversion import image_to_numpy
 from lisa_ros.msg import SegmentationResult
+from lisa_ros.parameters import default_settings
 from lisa_ros.srv import ReasonSegment
 from node_harness import NodeProcess, Peer, domain, peer, solid_image  # noqa: F401  (domain, peer: fixtures)
 from ros_fixtures import ROOT, subprocess_env, synthetic_scene  # noqa: F401  (fixture)
@@ -58,13 +60,15 @@ def test_round_trip_matches_the_library(peer, library):
     assert (res.model_family, res.model_checkpoint) == ("lisa", "tiny-random")  # who answered
     assert list(res.mask_labels) == [""] * len(res.masks) and not res.rejected and not res.rejected_labels
     assert len(res.masks) == len(direct.masks) >= 1  # the tiny model emits [SEG] on this frame
-    for m, expected, area in zip(res.masks, direct.masks, res.mask_areas):
+    ratio = default_settings().mask_min_peak_ratio  # the node's one change: weak detached regions dropped
+    for m, logits, raw, area in zip(res.masks, direct.mask_logits, direct.masks, res.mask_areas):
         assert (m.encoding, m.height, m.width) == ("mono8", 120, 160)
         assert m.header.stamp.sec == 7 and m.header.frame_id == "camera_color_optical_frame"
         pixels = image_to_numpy(m)
         assert set(np.unique(pixels)) <= {0, 255}
+        expected = keep_confident_regions(logits, ratio)
         np.testing.assert_array_equal(pixels == 255, expected)
-        assert area == int(expected.sum())
+        assert area == int(expected.sum()) and not (expected & ~raw).any()
     assert res.header.stamp.sec == 7
     assert len(res.mask_scores) == len(res.masks) and all(0 <= s <= 1 for s in res.mask_scores)
     assert res.targets == []  # no depth with this frame
