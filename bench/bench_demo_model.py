@@ -23,7 +23,9 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
@@ -31,7 +33,7 @@ sys.path[:0] = [str(ROOT)]
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from lisa_model import LisaSegmenter  # noqa: E402
+from lisa_model import LisaSegmenter, SegmentationResult  # noqa: E402
 from lisa_model.mask_regions import keep_confident_regions  # noqa: E402
 from lisa_model.metrics import segmentation_scores  # noqa: E402
 from lisa_ros.parameters import default_settings  # noqa: E402
@@ -72,45 +74,68 @@ def absent_scores(seg: LisaSegmenter, folder: Path) -> dict:
     return {"no_mask": no_mask / len(records), "n": len(records)}
 
 
-def scores_3d(seg: LisaSegmenter, workdir: Path, scenes: int, seed: int, held_out: bool) -> dict:
-    """Held-out 640x480 scenes with depth: IoU with the true instance and 3D centroid error per visible object,
-    through the node's mask rule and geometry with their default parameters, and without the support-plane rule
-    or the region rule for comparison.
-    held_out: ask with held-out phrasings (else with training ones); either way the scenes are new."""
+@dataclass
+class Case3D:
+    """One visible object of a 640x480 room and the model's answer to a question about it."""
+
+    kind: str
+    result: SegmentationResult
+    instance: np.ndarray  # bool [H, W], the object's true pixels
+    centroid: np.ndarray  # its true visible-surface centroid, colour camera frame (m)
+    scene: object  # lisa_ros.scenes.scannet.ScanNetScene
+
+
+def cases_3d(seg: LisaSegmenter, folder: Path, rooms: int, first_seed: int, held_out: bool) -> Iterator[Case3D]:
+    """Rooms with depth written to folder/<k> (seeds first_seed + k); for every object covering >= 1.2 % of the
+    frame, the model's answer to one of its kind's questions (held-out phrasings or training ones), asked as the
+    node asks."""
     import cv2
 
-    from lisa_ros.geometry import targets_3d
     from lisa_ros.scenes.household import generate_scene
     from lisa_ros.scenes.scannet import ScanNetScene
 
-    node = NODE
-    # name -> (region rule, support-plane margin)
-    variants = {"node": (node.mask_min_peak_ratio, node.support_plane_margin),
-                "no_plane": (node.mask_min_peak_ratio, 0.0), "no_regions": (0.0, node.support_plane_margin)}
-    ious, kinds, errors = [], [], {name: [] for name in variants}
-    for k in range(scenes):
-        folder = generate_scene(workdir / "scenes3d" / f"{k}", num_frames=1, seed=seed + 1000 + k)
-        scene, truth = ScanNetScene.open(folder), json.loads((folder / "ground_truth.json").read_text())
+    for k in range(rooms):
+        room = generate_scene(folder / f"{k}", num_frames=1, seed=first_seed + k)
+        scene, truth = ScanNetScene.open(room), json.loads((room / "ground_truth.json").read_text())
         frame = truth["frames"][0]
         rgb = scene.read_color(0)
-        ids = cv2.imread(str(folder / frame["instance"]), cv2.IMREAD_UNCHANGED)
+        ids = cv2.imread(str(room / frame["instance"]), cv2.IMREAD_UNCHANGED)
         for obj in frame["objects"]:
             if obj["pixel_count"] < 0.012 * ids.size:
                 continue
-            phrasings = IMPLICIT[obj["kind"]][1 if held_out else 0]
-            question = phrasings[k % 2]
-            r = seg.segment(rgb, question, max_new_tokens=12)
-            inst = ids == obj["id"]
-            mask = first_mask(r, ids.shape, node.mask_min_peak_ratio)
-            ious.append((mask & inst).sum() / max((mask | inst).sum(), 1))
-            kinds.append(obj["kind"])
-            for name, (ratio, margin) in variants.items():
-                mask = first_mask(r, ids.shape, ratio)
-                (target, _), = targets_3d(mask[None], scene.read_depth(0), scene.depth_intrinsics,
-                                          scene.color_intrinsics, trim_percentile=node.outlier_percentile,
-                                          depth_gap=node.depth_gap, support_margin=margin)
-                error = np.linalg.norm(target.centroid - obj["visible_centroid_camera"]) if target.valid else np.inf
-                errors[name].append(error)
+            question = IMPLICIT[obj["kind"]][1 if held_out else 0][k % 2]
+            yield Case3D(obj["kind"], seg.segment(rgb, question, max_new_tokens=12), ids == obj["id"],
+                         np.asarray(obj["visible_centroid_camera"]), scene)
+
+
+def mask_and_error(case: Case3D, min_peak_ratio: float, support_margin: float) -> tuple[np.ndarray, float]:
+    """The node's mask (with this region rule) and its 3D centroid's distance from the truth (m; inf: none)."""
+    from lisa_ros.geometry import targets_3d
+
+    mask = first_mask(case.result, case.instance.shape, min_peak_ratio)
+    scene = case.scene
+    (target, _), = targets_3d(mask[None], scene.read_depth(0), scene.depth_intrinsics, scene.color_intrinsics,
+                              trim_percentile=NODE.outlier_percentile, depth_gap=NODE.depth_gap,
+                              support_margin=support_margin)
+    return mask, float(np.linalg.norm(target.centroid - case.centroid)) if target.valid else np.inf
+
+
+def scores_3d(seg: LisaSegmenter, workdir: Path, scenes: int, seed: int, held_out: bool) -> dict:
+    """Held-out 640x480 scenes with depth (seeds seed + 1000 + k): IoU with the true instance and 3D centroid error
+    per visible object, through the node's mask rule and geometry with their default parameters, and without the
+    support-plane rule or the region rule for comparison.
+    held_out: ask with held-out phrasings (else with training ones); either way the scenes are new."""
+    # name -> (region rule, support-plane margin)
+    variants = {"node": (NODE.mask_min_peak_ratio, NODE.support_plane_margin),
+                "no_plane": (NODE.mask_min_peak_ratio, 0.0), "no_regions": (0.0, NODE.support_plane_margin)}
+    ious, kinds, errors = [], [], {name: [] for name in variants}
+    for case in cases_3d(seg, workdir / "scenes3d", scenes, seed + 1000, held_out):
+        kinds.append(case.kind)
+        for name, (ratio, margin) in variants.items():
+            mask, error = mask_and_error(case, ratio, margin)
+            errors[name].append(error)
+            if name == "node":
+                ious.append((mask & case.instance).sum() / max((mask | case.instance).sum(), 1))
     node_errors, kinds = np.asarray(errors["node"]), np.asarray(kinds)
     return {"cases": len(node_errors), "mean_iou": float(np.mean(ious)),
             "within_3cm": float((node_errors <= 0.03).mean()), "median_error_cm": float(np.median(node_errors) * 100),
