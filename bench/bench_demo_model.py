@@ -153,7 +153,7 @@ def main(argv=None) -> int:
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-size", type=int, default=3000)
+    p.add_argument("--train-size", type=int, default=10000)
     p.add_argument("--scenes-3d", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--ship", action="store_true", help="write the trained model to lisa_model/weights/lisa-demo")

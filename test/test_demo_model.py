@@ -19,9 +19,9 @@ from ros_fixtures import ROOT, subprocess_env
 
 SRV = "/lisa_node/reason_segment"
 # Held-out phrasings (training.household never trained on them) of four kinds, and a thing the scene lacks.
-# The chair is the model's commonest 3D miss: its mask here is right (IoU 0.93) but, as the model gives it, also
-# paints a patch on the plant's pot, 70 cm away and of a like colour, which put the centroid 3.6 cm off. The node's
-# region rule (mask_min_peak_ratio) drops that patch: 0.7 cm.
+# The chair is a classic 3D miss: its mask here is right (IoU 0.92) but, as the model gives it, also paints a patch
+# on the plant's pot, 70 cm away and of a like colour, which puts the centroid 3.2 cm off. The node's region rule
+# (mask_min_peak_ratio) drops that patch: 0.9 cm.
 QUESTIONS = {"laundry_basket": "where can I toss my dirty shirt", "plant": "what grows green leaves",
              "shelf": "where would the books stand", "chair": "where can a guest take a seat"}
 ABSENT = "something to drink from"  # no mug in this scene

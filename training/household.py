@@ -5,7 +5,7 @@ would I put the clothes" -> the laundry basket), a few explicit ones ("the red m
 that is not there (answered in words, without a mask). Whole phrasings are held out: `val_heldout` asks only
 phrasings that training never saw.
 
-    python -m training.household OUT_DIR [--train 3000 --val 100 --size 160 120]
+    python -m training.household OUT_DIR [--train 10000 --val 100 --size 160 120]
 
 Writes OUT_DIR/{train,val,val_heldout,val_absent}/NNNNN.{jpg,json}: ReasonSeg's `text`, `is_sentence` and
 `shapes` (the target's outline; empty when the thing is absent), plus `query_kind_index` (the training-only probe's
@@ -117,7 +117,7 @@ def write_split(out: Path, n: int, seed: int, mode: str, size: tuple[int, int]) 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out")
-    p.add_argument("--train", type=int, default=3000)
+    p.add_argument("--train", type=int, default=10000)
     p.add_argument("--val", type=int, default=100)
     p.add_argument("--size", type=int, nargs=2, default=(160, 120), metavar=("W", "H"))
     p.add_argument("--seed", type=int, default=0)
