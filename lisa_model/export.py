@@ -123,6 +123,8 @@ def released_config_dict(model, tokenizer, vision_tower: str, dtype: torch.dtype
     if written_as.name != model.family.name:  # its prompts, tokens or layout would be lost on the way back
         problems.append(f"model family {model.family.name!r} (this layout loads back as {written_as.name!r}; "
                         "use our layout, save_pretrained)")
+    if model.family.clip_pads_image(cfg):  # the reference always centre-crops: the model would see other pixels
+        problems.append("CLIP input padded to a square (family option pad_clip_image)")
     if problems:
         raise ValueError("cannot express this model in the released LISA layout: " + "; ".join(problems))
     out = {

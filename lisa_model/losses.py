@@ -76,3 +76,19 @@ def combine_losses(ce: torch.Tensor, masks: dict[str, torch.Tensor], ce_weight: 
     """
     ce_loss = ce * ce_weight
     return {"loss": ce_loss + masks["mask_loss"], "ce_loss": ce_loss, **masks}
+
+
+def opening_token_ce(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Mean over rows of the cross-entropy of each row's first supervised token: its answer's opening ("Sure" or
+    "Sorry", whether the thing asked for is there). Not part of LISA's loss: a trainer may weight it on its own,
+    because in the token mean that one decision is a few per cent of the CE.
+
+    logits [B, L, V] and labels [B, L] on the same positions (the token at j is predicted at j - 1, as in the CE).
+    Rows without a supervised token are skipped; 0 (with a graph) when no row has one.
+    """
+    supervised = labels[:, 1:] != ignore_index
+    rows = torch.nonzero(supervised.any(dim=1)).flatten()
+    if len(rows) == 0:
+        return logits.sum() * 0.0
+    first = supervised[rows].float().argmax(dim=1)  # index into labels[:, 1:], so into logits[:, :-1]
+    return F.cross_entropy(logits[rows, first].float(), labels[rows, first + 1])

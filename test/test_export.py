@@ -190,6 +190,33 @@ def test_export_errors(tiny, tmp_path):
         export_released(tiny, None, tmp_path / "c", vision_tower="my-tower")
 
 
+def test_a_lisa_model_of_our_own_can_show_clip_the_whole_frame(tmp_path):
+    """family option pad_clip_image: CLIP gets the frame padded to its square instead of LISA's centre crop, so
+    what stands in a 4:3 frame's outer eighths reaches the language model too; it survives our layout, and the
+    released layout (whose reference always crops) refuses it."""
+    seg = build_tiny_segmenter()
+    frame = np.full((120, 160, 3), 128, np.uint8)
+    frame[:, :12] = (255, 0, 0)  # a red strip inside the left eighth, outside the centre square
+    side = seg.model.config.vision_config.image_size
+
+    def red_share(pixels: torch.Tensor) -> float:  # share of CLIP's input that is clearly red (normalised)
+        return float(((pixels[0, 0] > 1.5) & (pixels[0, 1] < -1.0)).float().mean())
+
+    cropped, valid, _ = seg.clip_input(frame)
+    assert valid is None and red_share(cropped) == 0.0
+    seg.model.family.configure_training(seg.model, {"pad_clip_image": True})
+    padded, valid, patch_mask = seg.clip_input(frame)
+    assert padded.shape == cropped.shape and valid == (round(side * 120 / 160), side) and patch_mask is None
+    assert red_share(padded) > 0.03
+    seg.save_pretrained(tmp_path / "ours")
+    again = LisaSegmenter.from_pretrained(tmp_path / "ours")
+    assert torch.equal(again.clip_input(frame)[0], padded)
+    with pytest.raises(ValueError, match="padded to a square"):
+        export_released(seg, None, tmp_path / "lisa", vision_tower="openai/clip-vit-large-patch14")
+    with pytest.raises(ValueError, match="pad_clip_image"):
+        seg.model.family.configure_training(seg.model, {"mode": 1})
+
+
 def test_llama2_template_is_not_recorded_so_export_warns(tiny, tmp_path):
     seg = LisaSegmenter(copy.deepcopy(tiny.model), tiny.tokenizer)
     seg.model.config.conv_template = "llava_llama_2"

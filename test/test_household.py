@@ -57,6 +57,7 @@ def test_samples_target_the_right_pixels(mode):
     for _ in range(4):
         rgb, meta = make_sample(rng, (160, 120), mode)
         kinds_seen = {o["kind"] for o in meta["objects"]}
+        assert meta["visible_kind_indices"] == sorted(KIND_NAMES.index(k) for k in kinds_seen)  # presence probe
         if not meta["shapes"]:  # an absent thing: not in the scene at all, asked about in words
             assert mode != "val_heldout" and meta["kind"] not in kinds_seen
             continue
@@ -72,7 +73,28 @@ def test_samples_target_the_right_pixels(mode):
 
 def test_absent_things_are_answered_in_words(tmp_path):
     write_split(tmp_path, 6, seed=5, mode="val_absent", size=(80, 60))
-    data = ReasonSegDataset(tmp_path, queries_per_image=1, answers=["Sure, it is [SEG]."])
+    data = ReasonSegDataset(tmp_path, queries_per_image=1, answers=["Sure, it is [SEG]."],
+                            presence_key="visible_kind_indices")
     sample = data.sample(random.Random(0))
     ((question, answer),) = sample.conversations[0]
     assert "[SEG]" not in answer and answer and sample.masks == [] and question.startswith("<image>")
+    meta = json.loads((tmp_path / f"{sample.name}.json").read_text())  # the kinds in view, for the presence probe
+    assert sample.presence_targets == meta["visible_kind_indices"] != []
+    assert meta["query_kind_index"] not in sample.presence_targets
+
+
+def test_balanced_kinds_are_mostly_asked_about_when_visible():
+    """With balanced kinds every kind is asked about mostly when it is visible, the rarely visible mug too; the
+    uniform draw (the lisa-demo shipped before 2026-12-06) made most mug questions "not here", and that model
+    answered "Sorry" to all of them."""
+    def asked(balanced: bool) -> dict[str, list[int]]:
+        rng, count = np.random.default_rng(2), {kind: [0, 0] for kind in KIND_NAMES}  # kind -> [visible, absent]
+        for _ in range(300):
+            _, meta = make_sample(rng, (160, 120), "train", balanced)
+            count[meta["kind"]][not meta["shapes"]] += 1
+        return count
+
+    for kind, (visible, absent) in asked(True).items():
+        assert visible >= 4 and absent / (visible + absent) < 0.5, (kind, visible, absent)
+    visible, absent = asked(False)["mug"]
+    assert absent > 2 * visible

@@ -18,7 +18,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import FIXTURE
-from lisa_model.losses import combine_losses, dice_loss, mask_losses, sigmoid_bce_loss
+from lisa_model.losses import combine_losses, dice_loss, mask_losses, opening_token_ce, sigmoid_bce_loss
 
 TRAIN = FIXTURE / "train_case"
 
@@ -119,3 +119,21 @@ def test_fixture_losses_from_stride4_logits():
     per_image_dice = 0.5 * np.mean([np.mean(per_mask(p, g)[1]) for p, g in zip(preds, gts)])
     assert abs(per_image_bce / ref["mask_bce_loss"] - 1) > 4e-3
     assert abs(per_image_dice / ref["mask_dice_loss"] - 1) > 1.5e-2
+
+
+def test_opening_token_ce_is_each_answers_first_token_alone():
+    """Rows' first supervised tokens (predicted one position earlier), averaged over rows; an unsupervised row is
+    left out, and no supervised row gives 0 with a graph."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 6, 10, requires_grad=True)
+    labels = torch.full((3, 6), -100)
+    labels[0, 2:] = torch.tensor([4, 5, 6, 7])  # answer opens at 2
+    labels[2, 4:] = torch.tensor([9, 1])  # at 4; row 1 has no answer
+    loss = opening_token_ce(logits, labels)
+    by_hand = (torch.nn.functional.cross_entropy(logits[0, 1:2], labels[0, 2:3])
+               + torch.nn.functional.cross_entropy(logits[2, 3:4], labels[2, 4:5])) / 2
+    assert torch.allclose(loss, by_hand)
+    loss.backward()
+    assert logits.grad[1].abs().sum() == 0 and logits.grad[0, 1].abs().sum() > 0 and logits.grad[0, 2].abs().sum() == 0
+    none = opening_token_ce(logits, torch.full((3, 6), -100))
+    assert none.item() == 0 and none.requires_grad

@@ -19,6 +19,7 @@ import pytest
 from training.baselines import baseline_scores
 from training.config import TrainConfig
 from training.evaluate import eval_question, evaluate_samples, load_items
+from training.household import write_split as household_split
 from training.lora import unwrap
 from training.synthetic import QUERY_KINDS, write_split
 from training.train import Trainer
@@ -97,3 +98,52 @@ def test_reference_config_is_the_reference_recipe():
     defaults = TrainConfig()
     differ = {k for k in defaults.to_dict() if getattr(defaults, k) != getattr(ref, k)}
     assert differ == {"model", "val_dataset", "val_samples"}, differ
+
+
+def test_opening_weight_adds_the_first_token_term(tmp_path):
+    """opening_weight > 0: the answers' first-token CE (always logged) reaches the gradient (a later step
+    differs); 0 leaves the run as it was, and so does opening_start_step before its step."""
+    data = make_data(tmp_path / "two", 4, 1)
+    settings = {"off": {}, "on": {"opening_weight": 5.0}, "later": {"opening_weight": 5.0, "opening_start_step": 2}}
+    runs = {name: [row for row in trainer_for(data, tmp_path / name, 4, batch_size=2, warmup_steps=1, **kw).train()
+                   if "ce_loss" in row] for name, kw in settings.items()}  # training rows
+    off, on, later = runs["off"], runs["on"], runs["later"]
+    assert on[0]["opening_loss"] == off[0]["opening_loss"] > 0  # logged either way
+    assert on[0]["ce_loss"] == off[0]["ce_loss"] and on[0]["mask_dice_loss"] == off[0]["mask_dice_loss"]
+    assert on[2]["ce_loss"] != off[2]["ce_loss"]  # step 1 updates (step 0 is warm-up at lr 0)
+    assert later[2]["ce_loss"] == off[2]["ce_loss"] and later[3]["ce_loss"] != off[3]["ce_loss"]
+
+
+def test_presence_probe_learns_the_kinds_in_view(tmp_path):
+    """presence_weight > 0 on household frames (annotated with the kinds in view): the probe's loss is logged and
+    falls as it learns four frames; the probe is the trainer's, not the model's (exports hold the model alone);
+    0 leaves the run as it was."""
+    for split in ("train", "val"):
+        household_split(tmp_path / "house" / split, 4, seed=3, mode="train", size=(64, 48))
+    runs = {w: trainer_for(tmp_path / "house", tmp_path / f"run{w}", 40, batch_size=4, warmup_steps=1,
+                           presence_weight=w) for w in (0.0, 1.0)}
+    history = {w: [row for row in trainer.train() if "ce_loss" in row] for w, trainer in runs.items()}
+    on, off = history[1.0], history[0.0]
+    assert "presence_loss" not in off[0] and on[0]["ce_loss"] == off[0]["ce_loss"]
+    assert on[-1]["presence_loss"] < 0.5 * on[0]["presence_loss"], [r["presence_loss"] for r in on[::8]]
+    keys = {w: set(unwrap(trainer.model).state_dict()) for w, trainer in runs.items()}
+    assert keys[1.0] == keys[0.0]
+
+
+def test_a_probe_without_classes_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="probe_classes"):
+        trainer_for(make_data(tmp_path / "d", 1, 1), tmp_path / "run", 1, presence_weight=1.0, probe_classes=0)
+
+
+def test_opening_probe_learns_what_each_question_asks_for(tmp_path):
+    """opening_probe_weight > 0: a probe on each answer's opening position (middle layer) names the question's kind,
+    for absent things' questions too; its loss is logged and falls as it learns eight frames."""
+    for split in ("train", "val"):
+        household_split(tmp_path / "house" / split, 8, seed=4, mode="train", size=(64, 48))
+    trainer = trainer_for(tmp_path / "house", tmp_path / "run", 60, batch_size=8, warmup_steps=1,
+                          opening_probe_weight=1.0)
+    batch = trainer.collate(trainer.train_data.batch(0, 0, 0, 8))
+    assert batch.query_classes is not None and len(batch.query_classes) == batch.input_ids.shape[0]
+    losses = [row["opening_probe_loss"] for row in trainer.train() if "ce_loss" in row]
+    print("opening probe loss", [round(x, 2) for x in losses])
+    assert sum(losses[-8:]) < 0.75 * sum(losses[:8]), losses

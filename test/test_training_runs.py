@@ -153,8 +153,10 @@ def test_lisa_export_merges_lora_into_both_layouts(cli_run, data, tmp_path):
     from training.evaluate import load_items
     from training.export import main as lisa_export
 
+    before = {f: f.stat().st_mtime_ns for f in cli_run.rglob("*")}
     assert lisa_export(["--run", str(cli_run), "--layout", "both", "--dtype", "float32",
                         "--out", str(tmp_path / "export")]) == 0
+    assert {f: f.stat().st_mtime_ns for f in cli_run.rglob("*")} == before  # it reads the run, writes nothing there
     ours = LisaSegmenter.from_pretrained(tmp_path / "export" / "ours")
     released = LisaSegmenter.from_pretrained(tmp_path / "export" / "released")  # CLIP from config.json: export/clip
     by_train = LisaSegmenter.from_pretrained(cli_run / "export" / "ours")  # lisa-train's own export

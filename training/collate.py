@@ -30,12 +30,15 @@ class Batch:
     resize_list: list[tuple[int, int]]  # SAM-resized (h, w) per image
     probe_targets: torch.Tensor | None = None  # [total [SEG]] class index per mask (training-only probe)
     patch_mask: torch.Tensor | None = None  # [B, 1 + P] bool: the family's CLIP patch mask (None: all patches)
+    presence_targets: list[list[int]] | None = None  # B x classes in view (training-only presence probe)
+    query_classes: torch.Tensor | None = None  # [R] class asked for per row (training-only opening probe)
 
     def to(self, device) -> "Batch":
         move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
         return Batch(move(self.clip_pixels), move(self.sam_pixels), move(self.input_ids), move(self.labels),
                      move(self.attention_mask), self.offset, [move(m) for m in self.gt_masks], self.resize_list,
-                     move(self.probe_targets), move(self.patch_mask))
+                     move(self.probe_targets), move(self.patch_mask), self.presence_targets,
+                     move(self.query_classes))
 
 
 # image -> (CLIP pixels [1, 3, S, S], valid (h, w) in the square or None, patch mask [1, 1 + P] or None)
@@ -56,7 +59,7 @@ class Collator:
         self.family = family  # samples ask LISA's way ("<image>\n" + question); the family may phrase it otherwise
 
     def __call__(self, samples: list) -> Batch:
-        clip, sam, resize, masks, texts, offset, probes, patches = [], [], [], [], [], [0], [], []
+        clip, sam, resize, masks, texts, offset, probes, patches, in_view, asked = [], [], [], [], [], [0], [], [], [], []
         for s in samples:
             image = s.load_image() if hasattr(s, "load_image") else s.image
             if self.clip_input is not None:
@@ -75,8 +78,12 @@ class Collator:
                                          self.template) for turns in s.conversations]
             offset.append(offset[-1] + len(s.conversations))
             probes.extend(getattr(s, "probe_targets", None) or [])
+            in_view.append(getattr(s, "presence_targets", None))
+            asked += [getattr(s, "query_class", None)] * len(s.conversations)
         text = collate_conversations(self.tokenizer, texts, self.template, self.use_im_start_end, self.truncate_len)
         return Batch(torch.cat(clip), torch.cat(sam), text["input_ids"], text["labels"],
                      text["attention_mask"].long(), offset, masks, resize,
                      torch.tensor(probes, dtype=torch.long) if probes else None,
-                     torch.cat(patches) if patches and patches[0] is not None else None)
+                     torch.cat(patches) if patches and patches[0] is not None else None,
+                     in_view if all(v is not None for v in in_view) else None,
+                     torch.tensor(asked, dtype=torch.long) if asked and None not in asked else None)

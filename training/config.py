@@ -40,6 +40,19 @@ class TrainConfig:
     # the query into that state (needed by random-init models; see docs/learning.md); 0 disables it.
     probe_weight: float = 0.0
     probe_classes: int = 0
+    # Training-only: an extra CE on each answer's first token alone ("Sure" / "Sorry": is the thing there?), which
+    # is a few per cent of the token-mean CE; 0 disables it (the reference's loss).
+    opening_weight: float = 0.0
+    opening_start_step: int = 0  # opening_weight applies from this step on (0: from the start)
+    # Training-only: a linear probe on every image token's state after the middle layer, max-pooled over the
+    # image, must name each of `probe_classes` kinds in view (binary cross-entropy; annotation
+    # `visible_kind_indices`). It teaches the image tokens what is in the picture, which the "Sure" / "Sorry"
+    # opening needs; 0 disables it.
+    presence_weight: float = 0.0
+    # Training-only: a linear probe on each answer's opening position (the state that predicts "Sure" / "Sorry",
+    # after the middle layer) must name the question's kind, absent things' questions included; the last layers
+    # can then look for that kind among the image tokens. 0 disables it.
+    opening_probe_weight: float = 0.0
     ce_weight_after: float | None = None  # CE weight after `ce_decay_step` (None: unchanged)
     ce_decay_step: int = 0
     # --- optimisation (reference: AdamW 3e-4, wd 0, betas 0.9/0.95, WarmupDecayLR 100 warm-up, 10x500 steps) ----

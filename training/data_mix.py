@@ -23,7 +23,9 @@ def _reason_seg(root: Path, cfg: TrainConfig):
 
 def _synthetic(root: Path, cfg: TrainConfig):
     return ReasonSegDataset(root / "train", queries_per_image=1,
-                            probe_key="query_kind_index" if cfg.probe_weight > 0 else None,
+                            probe_key="query_kind_index" if cfg.probe_weight > 0 or cfg.opening_probe_weight > 0
+                            else None,
+                            presence_key="visible_kind_indices" if cfg.presence_weight > 0 else None,
                             answers=cfg.answers or None, sentence_templates=cfg.sentence_templates or None)
 
 

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     run = Path(a.run)
     cfg = TrainConfig.load(None, **json.loads((run / "train_config.json").read_text()))
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, write_run_files=False)
     trainer.load_checkpoint(run / CHECKPOINT_DIR)
     for path in export_trainer(trainer, Path(a.out or run / "export"), a.layout, getattr(torch, a.dtype)):
         print(f"wrote {path}")

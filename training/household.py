@@ -9,7 +9,8 @@ phrasings that training never saw.
 
 Writes OUT_DIR/{train,val,val_heldout,val_absent}/NNNNN.{jpg,json}: ReasonSeg's `text`, `is_sentence` and
 `shapes` (the target's outline; empty when the thing is absent), plus `query_kind_index` (the training-only probe's
-class), `kind`, and `objects` (every visible object's outline, for the query-blind baselines).
+class), `visible_kind_indices` (the kinds in view, for the training-only presence probe), `kind`, and `objects`
+(every visible object's outline, for the query-blind baselines).
 """
 from __future__ import annotations
 
@@ -69,6 +70,14 @@ ABSENT_SHARE = 0.25
 EXPLICIT = {kind: (f"the {colour} {kind.replace('_', ' ')}",) for kind, (colour, _) in KINDS.items()}
 KIND_NAMES = list(KINDS)  # probe class = index here
 MIN_VISIBLE = 0.012  # a target must cover this share of the frame (partly hidden objects still count)
+# Share of 160 x 120 training frames in which each kind covers MIN_VISIBLE (4000 frames of seed 0). With
+# `balanced` kinds a question's kind is drawn with weight 1 / rate among the visible kinds and with weight rate
+# among the absent ones, so every kind is asked about about as often and none is mostly "not here" (lisa-demo's
+# data). Why: with the uniform draw (the lisa-demo shipped before 2026-12-06), the 20 cm mug (big enough only close
+# up) was the target of 60 training questions and the absent thing of 326, and the model learned to answer "Sorry"
+# to every mug question, visible mugs included.
+VISIBLE_RATE = {"laundry_basket": 0.50, "chair": 0.50, "table": 0.80, "waste_bin": 0.42, "mug": 0.037,
+                "plant": 0.52, "shelf": 0.57}
 
 
 def questions(kind: str, held_out: bool) -> tuple[str, ...]:
@@ -80,8 +89,9 @@ def _outlines(mask: np.ndarray) -> list[list[list[float]]]:
     return [c[:, 0, :].astype(float).tolist() for c in contours if len(c) >= 3]
 
 
-def make_sample(rng: np.random.Generator, size: tuple[int, int], mode: str) -> tuple[np.ndarray, dict]:
-    """One frame and its annotation. mode: "train" (training phrasings, 15 % absent-thing questions),
+def make_sample(rng: np.random.Generator, size: tuple[int, int], mode: str,
+                balanced: bool = False) -> tuple[np.ndarray, dict]:
+    """One frame and its annotation. mode: "train" (training phrasings, ABSENT_SHARE absent-thing questions),
     "val" / "val_heldout" (a visible target; training / held-out phrasings), "val_absent" (absent things)."""
     while True:
         present = [str(k) for k in rng.choice(KIND_NAMES, size=int(rng.integers(3, 6)), replace=False)]
@@ -95,21 +105,26 @@ def make_sample(rng: np.random.Generator, size: tuple[int, int], mode: str) -> t
         ask_absent = mode == "val_absent" or (mode == "train" and rng.random() < ABSENT_SHARE)
         if (ask_absent and absent) or (not ask_absent and visible):
             break
-    kind = str(rng.choice(absent if ask_absent else sorted(visible)))
-    pool = questions(kind, held_out=mode == "val_heldout")
-    text = [str(q) for q in rng.permutation(pool)]
+    pool = absent if ask_absent else sorted(visible)
+    if balanced:
+        weight = np.array([VISIBLE_RATE[k] for k in pool]) ** (1 if ask_absent else -1)
+        kind = str(rng.choice(pool, p=weight / weight.sum()))
+    else:
+        kind = str(rng.choice(pool))
+    text = [str(q) for q in rng.permutation(questions(kind, held_out=mode == "val_heldout"))]
     shapes = [] if ask_absent else [{"label": "target", "points": p, "shape_type": "polygon"}
                                     for p in _outlines(visible[kind])]
     objects = [{"kind": k, "polygons": _outlines(m)} for k, m in visible.items()]
     return rgb, {"text": text, "is_sentence": True, "shapes": shapes, "kind": kind,
-                 "query_kind_index": KIND_NAMES.index(kind), "objects": objects}
+                 "query_kind_index": KIND_NAMES.index(kind),
+                 "visible_kind_indices": sorted(KIND_NAMES.index(k) for k in visible), "objects": objects}
 
 
-def write_split(out: Path, n: int, seed: int, mode: str, size: tuple[int, int]) -> None:
+def write_split(out: Path, n: int, seed: int, mode: str, size: tuple[int, int], balanced: bool = False) -> None:
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        rgb, meta = make_sample(rng, size, mode)
+        rgb, meta = make_sample(rng, size, mode, balanced)
         cv2.imwrite(str(out / f"{i:05d}.jpg"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
         (out / f"{i:05d}.json").write_text(json.dumps(meta))
 
@@ -121,12 +136,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--val", type=int, default=100)
     p.add_argument("--size", type=int, nargs=2, default=(160, 120), metavar=("W", "H"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--balanced-kinds", action="store_true", help="draw question kinds by VISIBLE_RATE (see there)")
     a = p.parse_args(argv)
     size = tuple(a.size)
     # different seeds: held-out splits are new scenes, never training frames
     for split, n, offset in (("train", a.train, 0), ("val", a.val, 1), ("val_heldout", a.val, 2),
                              ("val_absent", a.val, 3)):
-        write_split(Path(a.out) / split, n, a.seed * 10 + offset, split, size)
+        write_split(Path(a.out) / split, n, a.seed * 10 + offset, split, size, a.balanced_kinds)
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def build_segmenter(cfg: TrainConfig) -> LisaSegmenter:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, accelerator: Accelerator | None = None):
+    def __init__(self, cfg: TrainConfig, accelerator: Accelerator | None = None, write_run_files: bool = True):
         self.cfg = cfg
         self.accelerator = accelerator or build_accelerator(cfg)
         set_seed(cfg.seed)
@@ -89,22 +89,32 @@ class Trainer:
                                 base.config.mm_use_im_start_end, base.family.train_text_limit(base.config),
                                 base.family, clip_input=self.segmenter.clip_input)
         model = prepare_for_training(base, cfg)
+        if max(cfg.probe_weight, cfg.presence_weight, cfg.opening_probe_weight) > 0 and cfg.probe_classes <= 0:
+            raise ValueError("probe_weight / presence_weight / opening_probe_weight need probe_classes (how many "
+                             "kinds the probes name)")
         self.probe = nn.Linear(base.config.text_config.hidden_size, cfg.probe_classes) \
-            if cfg.probe_weight > 0 and cfg.probe_classes > 0 else None
-        extra = [self.probe] if self.probe is not None else []
+            if cfg.probe_weight > 0 else None
+        # created after the probe, so that recipes without it draw the same initial weights as before
+        self.presence = nn.Linear(base.config.text_config.hidden_size, cfg.probe_classes) \
+            if cfg.presence_weight > 0 else None
+        self.opening_probe = nn.Linear(base.config.text_config.hidden_size, cfg.probe_classes) \
+            if cfg.opening_probe_weight > 0 else None
+        extra = [m for m in (self.probe, self.presence, self.opening_probe) if m is not None]
         optimizer = torch.optim.AdamW(param_groups(model, extra, cfg), lr=cfg.lr, betas=tuple(cfg.betas),
                                       weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: warmup_decay(s, cfg.warmup_steps, cfg.total_steps))
         prepared = acc.prepare(model, optimizer, scheduler, *extra)
         self.model, self.optimizer, self.scheduler = prepared[:3]
-        if self.probe is not None:
-            self.probe = prepared[3]
+        heads = iter(prepared[3:])
+        self.probe = next(heads) if self.probe is not None else None
+        self.presence = next(heads) if self.presence is not None else None
+        self.opening_probe = next(heads) if self.opening_probe is not None else None
         self.step = 0
         self.history: list[dict] = []
         self.out = Path(cfg.output_dir)
         self.writer = None
-        if acc.is_main_process:
+        if acc.is_main_process and write_run_files:  # lisa-export reads a run: it writes nothing into it
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=list))
             from torch.utils.tensorboard import SummaryWriter
@@ -123,10 +133,24 @@ class Trainer:
             out = self.model(clip_pixels=batch.clip_pixels, sam_pixels=batch.sam_pixels, input_ids=batch.input_ids,
                              labels=batch.labels, attention_mask=batch.attention_mask, offset=batch.offset,
                              gt_masks=batch.gt_masks, resize_list=batch.resize_list, ce_weight=ce_weight,
-                             bce_weight=cfg.bce_weight, dice_weight=cfg.dice_weight, patch_mask=batch.patch_mask)
+                             bce_weight=cfg.bce_weight, dice_weight=cfg.dice_weight, patch_mask=batch.patch_mask,
+                             **({"middle_states": True} if self.presence is not None
+                                or self.opening_probe is not None else {}))
             loss = out["loss"]
             logs = {k: float(out[k].detach()) for k in ("loss", "ce_loss", "mask_bce_loss", "mask_dice_loss")}
             logs.update({k: float(v.detach()) for k, v in out["family_losses"].items()})  # e.g. policy_loss
+            logs["opening_loss"] = float(out["opening_ce"].detach())  # logged always: does it learn "not here"?
+            if cfg.opening_weight > 0 and self.step >= cfg.opening_start_step:
+                loss = loss + cfg.opening_weight * out["opening_ce"]
+            if self.presence is not None and batch.presence_targets is not None:
+                presence_loss = self.presence_loss(out["image_states"], batch.presence_targets)
+                loss = loss + cfg.presence_weight * presence_loss
+                logs["presence_loss"] = float(presence_loss.detach())
+            if self.opening_probe is not None and batch.query_classes is not None:
+                asked = self.opening_probe(out["opening_states"].float())
+                opening_probe_loss = nn.functional.cross_entropy(asked, batch.query_classes)
+                loss = loss + cfg.opening_probe_weight * opening_probe_loss
+                logs["opening_probe_loss"] = float(opening_probe_loss.detach())
             if self.probe is not None and batch.probe_targets is not None:
                 states = torch.cat(out["seg_states"])
                 probe_loss = nn.functional.cross_entropy(self.probe(states.float()), batch.probe_targets)
@@ -140,6 +164,15 @@ class Trainer:
                 self.scheduler.step()
             self.optimizer.zero_grad()
         return logs
+
+    def presence_loss(self, image_states: torch.Tensor, in_view: list[list[int]]) -> torch.Tensor:
+        """Binary cross-entropy of the presence probe: image_states [B, P, H]; in_view: per image, the classes in
+        view. A class's logit is its highest over the image's tokens (a small thing is in a few of them)."""
+        logits = self.presence(image_states.float()).amax(dim=1)  # [B, C]
+        targets = torch.zeros_like(logits)
+        for i, classes in enumerate(in_view):
+            targets[i, classes] = 1.0
+        return nn.functional.binary_cross_entropy_with_logits(logits, targets)
 
     def train(self, max_steps: int | None = None, resume: str | None = None) -> list[dict]:
         cfg, acc = self.cfg, self.accelerator

@@ -211,7 +211,7 @@ class LisaForSegmentation(LlavaForConditionalGeneration):
                       labels: torch.Tensor, attention_mask: torch.Tensor, offset: list[int],
                       gt_masks: list[torch.Tensor], resize_list: list[tuple[int, int]],
                       ce_weight: float = 1.0, bce_weight: float = 2.0, dice_weight: float = 0.5,
-                      patch_mask: torch.Tensor | None = None) -> dict:
+                      patch_mask: torch.Tensor | None = None, middle_states: bool = False) -> dict:
         """The reference's training forward and loss (1.0*CE + 2.0*BCE + 0.5*DICE by default), plus the family's
         terms (`Family.training_losses`).
 
@@ -220,9 +220,13 @@ class LisaForSegmentation(LlavaForConditionalGeneration):
         targets at the original size, one per [SEG] of image i's conversations, in order; patch_mask [B, 1 + P]
         bool: the family's CLIP patch mask per image (`LisaSegmenter.clip_input`), None when it has none.
         Returns the losses (0-d; `loss` is what to minimise; the family's added terms also under
-        `family_losses`), `pred_masks`, `seg_states` (per row) and the family's `components`.
+        `family_losses`; `opening_ce`, the answers' first tokens alone, is not in `loss`), `pred_masks`,
+        `seg_states` (per row) and the family's `components`. middle_states: also the states after the middle layer
+        (hidden-state entry E // 2), what the later layers' attention takes its queries and keys from:
+        `opening_states` [R, H], each row's where its answer's first token is predicted, and `image_states`
+        [B, P, H], each image's tokens.
         """
-        from ..losses import combine_losses, mask_losses  # training-only dependency
+        from ..losses import combine_losses, mask_losses, opening_token_ce  # training-only dependency
 
         image_embeddings = self.sam_embedding(sam_pixels)
         per_image = self.image_tokens(clip_pixels, patch_mask)
@@ -231,7 +235,8 @@ class LisaForSegmentation(LlavaForConditionalGeneration):
         token_mask = None if patch_mask is None else \
             torch.repeat_interleave(patch_mask[:, 1:].to(per_image.device), counts, dim=0)
         embeds, labels_x, mask_x = self.splice_image(input_ids, image_rows, labels, attention_mask, token_mask)
-        layers = self.language_states(embeds, mask_x, all_layers=self.family.needs_layer_states(self))
+        layers = self.language_states(embeds, mask_x,
+                                      all_layers=middle_states or self.family.needs_layer_states(self))
         layers = layers if isinstance(layers, tuple) else (layers,)
         states = layers[-1]
         logits = self.lm_head(states).float()
@@ -265,6 +270,15 @@ class LisaForSegmentation(LlavaForConditionalGeneration):
         losses = mask_losses(pred_masks, gt_masks, bce_weight=bce_weight, dice_weight=dice_weight,
                              extra_bce=extra.bce, extra_dice=extra.dice)
         out = combine_losses(ce, losses, ce_weight=ce_weight)
+        out["opening_ce"] = opening_token_ce(logits, labels_x, IGNORE_INDEX)  # not in `loss`: the trainer's choice
+        if middle_states:
+            middle = layers[len(layers) // 2]
+            supervised = labels_x[:, 1:] != IGNORE_INDEX  # as opening_token_ce: the token at j is predicted at j - 1
+            first = supervised.float().argmax(dim=1)
+            out["opening_states"] = middle[torch.arange(len(first), device=first.device), first]
+            # causal attention: an image's tokens come before its questions, so its first row's are every row's
+            out["image_states"] = torch.stack([self.image_token_states(middle[offset[i]], input_ids[offset[i]])
+                                               for i in range(len(offset) - 1)])
         for name, term in extra.added.items():
             out[name] = term
             out["loss"] = out["loss"] + term

@@ -104,6 +104,7 @@ class ReasonSegDataset:
     source = "reason_seg"
 
     def __init__(self, folder: str | Path, queries_per_image: int = 3, probe_key: str | None = None,
+                 presence_key: str | None = None,
                  answers: list[str] | tuple[str, ...] | None = None,
                  no_target_answers: list[str] | tuple[str, ...] | None = None,
                  sentence_templates: list[str] | tuple[str, ...] | None = None):
@@ -114,6 +115,7 @@ class ReasonSegDataset:
         self.records = scan(folder, self.skipped)
         self.queries_per_image = queries_per_image
         self.probe_key = probe_key  # annotation field holding a class index for the training-only probe
+        self.presence_key = presence_key  # annotation field listing the classes in view (training-only probe)
         if not self.records:
             raise FileNotFoundError(f"no usable ReasonSeg samples in {folder}")
 
@@ -136,11 +138,13 @@ class ReasonSegDataset:
                 question = (rng.choice(self.sentence_templates).format(sent=q) if rec.is_sentence
                             else rng.choice(SHORT_QUESTIONS).format(class_name=q.lower()))
                 convs.append([(question, rng.choice(self.answers if present else self.no_target_answers))])
+            in_view = [int(c) for c in rec.annotation[self.presence_key]] if self.presence_key else None
+            asked = int(rec.annotation[self.probe_key]) if self.probe_key else None
             if not present:
-                return Sample(rec.name, convs, [], self.source, rec.image_path, image, [])
+                return Sample(rec.name, convs, [], self.source, rec.image_path, image, [], in_view, asked)
             target = (gt == 1).astype(np.uint8)
-            probe = [int(rec.annotation[self.probe_key])] * k if self.probe_key else []
-            return Sample(rec.name, convs, [target] * k, self.source, rec.image_path, image, probe)
+            probe = [asked] * k if self.probe_key else []
+            return Sample(rec.name, convs, [target] * k, self.source, rec.image_path, image, probe, in_view, asked)
         raise RuntimeError(f"too many unusable ReasonSeg samples ({self.skipped})")
 
 

@@ -19,7 +19,9 @@ class BadSample(ValueError):
 class Sample:
     """image_path (read lazily) or image (HxWx3 uint8 RGB); conversations: each a list of (user, assistant)
     turns, the first user turn starting with "<image>\\n"; masks: uint8 HxW (1 target, 0 background, 255 ignore),
-    one per [SEG] over all conversations, in order; probe_targets: optional class per mask (training probe)."""
+    one per [SEG] over all conversations, in order; probe_targets: optional class per mask (training probe);
+    presence_targets: optional classes in view (training-only presence probe; None: not annotated);
+    query_class: optional class of what the questions ask for, present or not (training-only opening probe)."""
 
     name: str
     conversations: list[list[tuple[str, str]]]
@@ -28,6 +30,8 @@ class Sample:
     image_path: Path | None = None
     image: np.ndarray | None = None
     probe_targets: list[int] = field(default_factory=list)
+    presence_targets: list[int] | None = None
+    query_class: int | None = None
 
     def load_image(self) -> np.ndarray:
         if self.image is not None:
